@@ -1,0 +1,14 @@
+//! Types that parse, not validate: once a value of these types exists it is known good.
+//!
+//! No I/O here, and nothing from `http`, `store` or `sources`.
+
+pub mod repository;
+pub mod time;
+pub mod user;
+
+pub use repository::{
+    Branch, ImportPreference, NewRepository, RepoUrl, Repository, RepositoryFilter, RepositoryName,
+    SourceType, SyncState,
+};
+pub use time::Timestamp;
+pub use user::{User, Username};

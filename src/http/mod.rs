@@ -1,0 +1,91 @@
+//! The HTTP API: one router per resource, the error body, and the compatibility layer that the
+//! appliance's clients need. Handlers call into `domain`, `store` and `sources`; nothing below
+//! this module imports axum.
+
+pub mod auth;
+pub mod compat;
+pub mod error;
+pub mod ops;
+pub mod repositories;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use crate::app::AppState;
+use error::ApiError;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// All routes, without the path normalisation (see [`compat::NormalizePathLayer`]).
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route(
+            "/api/yara/repositories",
+            get(repositories::list).post(repositories::create),
+        )
+        .route(
+            "/api/yara/repositories/{id}",
+            get(repositories::detail)
+                .put(repositories::update)
+                .delete(repositories::delete),
+        )
+        .route_layer(from_fn_with_state(state.clone(), auth::require_token));
+
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/api-token-auth", post(auth::obtain_token))
+        .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("a request handler panicked").into_response()
+        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        request_id = %id,
+                    )
+                })
+                .on_response(|res: &Response, latency: Duration, _span: &tracing::Span| {
+                    tracing::info!(
+                        status = res.status().as_u16(),
+                        ms = latency.as_millis() as u64,
+                        "response"
+                    );
+                }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("No such endpoint.")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "This method is not allowed on this endpoint.",
+    )
+}

@@ -1,0 +1,11 @@
+//! Ruleyard: a self-hosted YARA rule management server that speaks the YARA API of the
+//! ReversingLabs Spectra Analyze appliance.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod secrets;
+pub mod sources;
+pub mod store;

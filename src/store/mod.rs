@@ -1,0 +1,129 @@
+//! Persistence: the [`Store`] trait, with SQLite and PostgreSQL backends.
+//!
+//! Both backends share one SQL text through `sqlx::Any` (flags and timestamps are integers,
+//! placeholders are `$n`); each backend owns its connection setup and its migrations folder.
+//! The store returns domain types, never rows, and must not import `http`.
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::domain::{NewRepository, Repository, RepositoryFilter, User, Username};
+
+pub use sql::SqlStore;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A page of a list and the total number of items.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub count: i64,
+    pub items: Vec<T>,
+}
+
+/// What makes a new repository clash with stored ones (API.md 2: unique name, unique url+branch).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RepositoryClash {
+    pub name_taken: bool,
+    pub url_and_branch_taken: bool,
+}
+
+/// A system repository as configuration declares it, already parsed.
+pub type SystemRepositorySpec = NewRepository;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// A trivial round trip, for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn setting(&self, key: &str) -> StoreResult<Option<String>>;
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()>;
+    /// Stores the value only when the key is absent; returns the value now stored.
+    async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<String>;
+
+    async fn user_count(&self) -> StoreResult<i64>;
+    async fn create_user(
+        &self,
+        username: &Username,
+        password_hash: &str,
+        superuser: bool,
+    ) -> StoreResult<User>;
+    /// The user and its password hash.
+    async fn user_with_password(&self, username: &str) -> StoreResult<Option<(User, String)>>;
+    async fn create_token(&self, user_id: i64, token_hash: &str, label: &str) -> StoreResult<()>;
+    async fn user_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<User>>;
+
+    async fn list_repositories(
+        &self,
+        filter: RepositoryFilter,
+        offset: i64,
+        limit: i64,
+    ) -> StoreResult<Page<Repository>>;
+    async fn repository(&self, id: i64) -> StoreResult<Option<Repository>>;
+    async fn repository_clash(
+        &self,
+        new: &NewRepository,
+        except_id: Option<i64>,
+    ) -> StoreResult<RepositoryClash>;
+    async fn insert_repository(&self, new: &NewRepository) -> StoreResult<i64>;
+    async fn update_repository(&self, id: i64, new: &NewRepository) -> StoreResult<()>;
+    async fn delete_repository(&self, id: i64) -> StoreResult<()>;
+    /// Makes the stored system repositories equal to configuration: adds the new ones, updates
+    /// the known ones (matched by URL and branch), removes those configuration dropped.
+    /// Returns the names that could not be added because a custom repository holds the name.
+    async fn sync_system_repositories(
+        &self,
+        repos: &[SystemRepositorySpec],
+    ) -> StoreResult<Vec<String>>;
+}
+
+/// Opens the store the settings name, creating the data directory and applying migrations.
+pub async fn open(settings: &crate::config::Settings) -> StoreResult<SqlStore> {
+    use secrecy::ExposeSecret;
+    sqlx::any::install_default_drivers();
+    match &settings.database_url {
+        Some(url) if url.expose_secret().starts_with("postgres") => {
+            postgres::open(url.expose_secret()).await
+        }
+        Some(url) => {
+            let path = url
+                .expose_secret()
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            sqlite::open(std::path::Path::new(path)).await
+        }
+        None => {
+            std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+                StoreError::Setup(format!(
+                    "cannot create the data directory {}: {e}",
+                    settings.data_dir.display()
+                ))
+            })?;
+            sqlite::open(&settings.sqlite_path()).await
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! `TestApp`: the real server on port 0 with a fresh data directory and database (SQLite, or a
+//! fresh PostgreSQL database when `RULEYARD_TEST_POSTGRES_URL` is set), and a client.
+
+use std::path::{Path, PathBuf};
+
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use sqlx::Executor;
+
+use ruleyard::config::{Overrides, Settings};
+
+pub const ADMIN_PASSWORD: &str = "admin-test-password";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates one test per backend from `async fn name(backend: Backend)`; the PostgreSQL one
+/// says so and returns when `RULEYARD_TEST_POSTGRES_URL` is not set.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if $crate::helpers::postgres_url().is_none() {
+                        eprintln!("skipped: RULEYARD_TEST_POSTGRES_URL is not set");
+                        return;
+                    }
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+pub fn postgres_url() -> Option<String> {
+    std::env::var("RULEYARD_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// A fresh PostgreSQL database, dropped when this value is dropped.
+pub struct TestDatabase {
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> TestDatabase {
+        let admin_url = postgres_url().expect("RULEYARD_TEST_POSTGRES_URL");
+        let name = format!("ruleyard_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to the test PostgreSQL server");
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create a test database");
+        let mut url = url::Url::parse(&admin_url).expect("a valid PostgreSQL URL");
+        url.set_path(&format!("/{name}"));
+        TestDatabase {
+            url: url.to_string(),
+            name,
+            admin_url,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = conn
+                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The settings a test server starts with.
+pub struct TestConfig {
+    pub backend: Backend,
+    pub allow_local_sources: bool,
+    pub connect_timeout_seconds: u64,
+    pub max_body_bytes: Option<u64>,
+    /// System repositories for the configuration file (None: the default one).
+    pub system_repositories: Option<Vec<ruleyard::config::SystemRepository>>,
+}
+
+impl TestConfig {
+    pub fn new(backend: Backend) -> Self {
+        TestConfig {
+            backend,
+            allow_local_sources: true,
+            connect_timeout_seconds: 3,
+            max_body_bytes: None,
+            system_repositories: None,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    /// Kept alive for the server's lifetime.
+    _data_dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+    pub admin_token: String,
+    /// Dropped (with its database) after the server.
+    _database: Option<TestDatabase>,
+    pub state: ruleyard::app::AppState,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> TestApp {
+        Self::spawn_with(TestConfig::new(backend)).await
+    }
+
+    pub async fn spawn_with(config: TestConfig) -> TestApp {
+        let data_dir = tempfile::tempdir().expect("temporary data directory");
+        let database = match config.backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(TestDatabase::create().await),
+        };
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            data_dir: Some(data_dir.path().to_owned()),
+            database_url: database.as_ref().map(|d| d.url.clone()),
+            admin_password: Some(ADMIN_PASSWORD.into()),
+            allow_local_sources: Some(config.allow_local_sources),
+            connect_timeout_seconds: Some(config.connect_timeout_seconds),
+            max_body_bytes: config.max_body_bytes,
+            ..Default::default()
+        };
+        let config_file = config.system_repositories.as_ref().map(|repos| {
+            #[derive(serde::Serialize)]
+            struct File<'a> {
+                system_repositories: &'a [ruleyard::config::SystemRepository],
+            }
+            let path = data_dir.path().join("ruleyard.toml");
+            let text = toml::to_string(&File {
+                system_repositories: repos,
+            })
+            .unwrap();
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        let settings = Settings::load(config_file.as_deref(), &overrides).expect("test settings");
+        let app = ruleyard::app::build(settings).await.expect("server starts");
+        let address = format!("http://{}", app.local_addr());
+        let state = app.state.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let mut app = TestApp {
+            address,
+            _data_dir: data_dir,
+            client,
+            admin_token: String::new(),
+            _database: database,
+            state,
+            shutdown: Some(tx),
+        };
+        app.admin_token = app.login("admin", ADMIN_PASSWORD).await;
+        app
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// `POST /api-token-auth/`, returning the token.
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let res = self
+            .client
+            .post(self.url("/api-token-auth/"))
+            .form(&[("username", username), ("password", password)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "login of {username}");
+        let body: Value = res.json().await.unwrap();
+        body["token"].as_str().expect("a token").to_owned()
+    }
+
+    /// Creates a user through the store (as `ruleyard user create` does) and logs it in.
+    pub async fn user(&self, name: &str, superuser: bool) -> String {
+        let password = format!("{name}-password");
+        let hash = ruleyard::auth::hash_password(&password);
+        self.state
+            .store
+            .create_user(
+                &ruleyard::domain::Username::parse(name).unwrap(),
+                &hash,
+                superuser,
+            )
+            .await
+            .expect("create user");
+        self.login(name, &password).await
+    }
+
+    pub fn request(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .header("Authorization", format!("Token {token}"))
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.request(Method::GET, path, token).send().await.unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.request(Method::POST, path, token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn put_json(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.request(Method::PUT, path, token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.request(Method::DELETE, path, token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a repository and returns its id, asserting 201.
+    pub async fn create_repository(&self, token: &str, body: Value) -> i64 {
+        let res = self
+            .post_json("/api/yara/repositories/", token, &body)
+            .await;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(status, 201, "create repository: {body}");
+        assert_eq!(body["message"], "Repository created.");
+        body["id"].as_i64().expect("an id")
+    }
+
+    pub async fn repository(&self, id: i64) -> Value {
+        let res = self
+            .get(&format!("/api/yara/repositories/{id}/"), &self.admin_token)
+            .await;
+        assert_eq!(res.status(), 200);
+        res.json().await.unwrap()
+    }
+
+    /// Every repository of the list (page size 1000), as the admin sees it.
+    pub async fn all_repositories(&self) -> Vec<Value> {
+        let res = self
+            .get("/api/yara/repositories/?page_size=1000", &self.admin_token)
+            .await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        body["results"].as_array().unwrap().clone()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Asserts the status and the error shape of API.md 1.5, returning the body.
+pub async fn expect_error(res: Response, status: u16) -> Value {
+    let got = res.status().as_u16();
+    let body: Value = res.json().await.unwrap_or(json!(null));
+    assert_eq!(got, status, "unexpected status, body: {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error without message: {body}"
+    );
+    assert!(
+        body["code"].as_str().is_some(),
+        "error without code: {body}"
+    );
+    body
+}
+
+/// Recursively collects the bytes of every file below `dir`.
+pub fn files_below(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, bytes));
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}

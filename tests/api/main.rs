@@ -1,0 +1,10 @@
+//! One integration binary: the real server in-process (or as a process), real databases, real
+//! git servers on loopback.
+
+mod helpers;
+mod upstream;
+
+mod auth;
+mod compat;
+mod repositories;
+mod secrets;
