@@ -16,6 +16,8 @@ use crate::auth;
 use crate::config::Settings;
 use crate::domain::{Branch, ImportPreference, NewRepository, RepoUrl, RepositoryName, Username};
 use crate::http::compat::NormalizePathLayer;
+use crate::rules::ActiveRules;
+use crate::rulesets::{Activator, Rulesets};
 use crate::secrets::{KEY_CHECK_SETTING, SecretBox};
 use crate::store::{self, Store, StoreError};
 
@@ -25,6 +27,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub settings: Arc<Settings>,
     pub secrets: Arc<SecretBox>,
+    pub rulesets: Arc<Rulesets>,
 }
 
 /// A started application, bound to its address.
@@ -48,10 +51,19 @@ pub async fn open_state(settings: Settings) -> anyhow::Result<AppState> {
              must use the same RULEYARD_SECRET_KEY (or key file); refusing to start"
         );
     }
+    let store: Arc<dyn Store> = Arc::new(store);
+    let activator = Activator::new(store.clone(), Arc::new(ActiveRules::default()));
+    let rulesets = Rulesets::new(
+        store.clone(),
+        activator,
+        settings.yara_sync,
+        settings.max_ruleset_bytes,
+    );
     Ok(AppState {
-        store: Arc::new(store),
+        store,
         settings: Arc::new(settings),
         secrets: Arc::new(secrets),
+        rulesets: Arc::new(rulesets),
     })
 }
 
@@ -78,15 +90,26 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let activator = self.state.rulesets.activator().clone();
+        // Load (or build) the generation in the background: the API answers meanwhile, and
+        // /readyz says when scanning is ready.
+        let background = tokio::spawn(async move {
+            if let Err(e) = activator.start().await {
+                tracing::error!(error = %e, "loading the current generation failed");
+            }
+            activator.run().await
+        });
         let router = crate::http::router(self.state);
         let service = NormalizePathLayer.layer(router);
-        axum::serve(
+        let served = axum::serve(
             self.listener,
             ServiceExt::<Request>::into_make_service(service),
         )
         .with_graceful_shutdown(shutdown)
         .await
-        .context("server error")
+        .context("server error");
+        background.abort();
+        served
     }
 }
 

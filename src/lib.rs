@@ -6,6 +6,8 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod rules;
+pub mod rulesets;
 pub mod secrets;
 pub mod sources;
 pub mod store;

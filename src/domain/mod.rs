@@ -3,12 +3,17 @@
 //! No I/O here, and nothing from `http`, `store` or `sources`.
 
 pub mod repository;
+pub mod ruleset;
 pub mod time;
 pub mod user;
 
 pub use repository::{
     Branch, ImportPreference, NewRepository, RepoUrl, Repository, RepositoryFilter, RepositoryName,
     SourceType, SyncState,
+};
+pub use ruleset::{
+    Author, Diagnostic, GenerationMember, Member, NewRevision, Origin, Revision, Ruleset,
+    RulesetName, RulesetStatus, SavedRevision, StoredGeneration, ValidationOutcome,
 };
 pub use time::Timestamp;
 pub use user::{User, Username};

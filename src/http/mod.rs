@@ -6,7 +6,9 @@ pub mod auth;
 pub mod compat;
 pub mod error;
 pub mod ops;
+pub mod publish;
 pub mod repositories;
+pub mod rulesets;
 
 use std::time::Duration;
 
@@ -38,6 +40,35 @@ pub fn router(state: AppState) -> Router {
                 .put(repositories::update)
                 .delete(repositories::delete),
         )
+        .route("/api/yara/v2/rulesets", get(rulesets::list))
+        .route(
+            "/api/yara/ruleset",
+            post(rulesets::save).delete(rulesets::delete),
+        )
+        .route("/api/yara/ruleset/content", get(rulesets::content))
+        .route("/api/yara/ruleset/enable", post(rulesets::enable))
+        .route("/api/yara/ruleset/disable", post(rulesets::disable))
+        .route("/api/yara/ruleset/{name}", get(rulesets::detail))
+        .route(
+            "/api/yara/ruleset/{name}/revisions",
+            get(rulesets::revisions),
+        )
+        .route(
+            "/api/yara/ruleset/{name}/revisions/{number}",
+            get(rulesets::revision),
+        )
+        .route(
+            "/api/yara/ruleset/{name}/cloud-retro-hunt",
+            get(rulesets::cloud_unavailable).post(rulesets::cloud_unavailable),
+        )
+        .route(
+            "/api/yara/ticloud/time",
+            get(rulesets::cloud_unavailable).post(rulesets::cloud_unavailable),
+        )
+        .route("/api/yara/publish/all", post(publish::all))
+        .route("/api/yara/publish/ruleset/{name}", post(publish::one))
+        .route("/api/yara/publish/{name}", post(publish::one))
+        .route("/api/yara/sync", get(publish::sync))
         .route_layer(from_fn_with_state(state.clone(), auth::require_token));
 
     Router::new()

@@ -5,12 +5,16 @@
 //! The store returns domain types, never rows, and must not import `http`.
 
 mod postgres;
+mod rulesets;
 mod sql;
 mod sqlite;
 
 use async_trait::async_trait;
 
-use crate::domain::{NewRepository, Repository, RepositoryFilter, User, Username};
+use crate::domain::{
+    GenerationMember, Member, NewRepository, NewRevision, Repository, RepositoryFilter, Revision,
+    Ruleset, SavedRevision, StoredGeneration, User, Username,
+};
 
 pub use sql::SqlStore;
 
@@ -99,6 +103,36 @@ pub trait Store: Send + Sync + 'static {
         &self,
         repos: &[SystemRepositorySpec],
     ) -> StoreResult<Vec<String>>;
+
+    /// Every ruleset, by name, with its latest revision's validity and rule count.
+    async fn rulesets(&self) -> StoreResult<Vec<Ruleset>>;
+    async fn ruleset(&self, name: &str) -> StoreResult<Option<Ruleset>>;
+    /// Stores a revision in one transaction (creating the ruleset when the name is new); content
+    /// equal to the latest revision's creates nothing.
+    async fn save_revision(&self, new: &NewRevision) -> StoreResult<SavedRevision>;
+    async fn revision(&self, ruleset_id: i64, number: i64) -> StoreResult<Option<Revision>>;
+    async fn revisions(
+        &self,
+        ruleset_id: i64,
+        offset: i64,
+        limit: i64,
+    ) -> StoreResult<Page<Revision>>;
+    async fn delete_ruleset(&self, id: i64) -> StoreResult<()>;
+    async fn set_ruleset_enabled(&self, id: i64, enabled: bool) -> StoreResult<()>;
+    /// Sets the published revision of each (ruleset id, revision number), in one transaction.
+    async fn publish(&self, picks: &[(i64, i64)]) -> StoreResult<()>;
+    /// The published, valid revisions of enabled rulesets: what the next generation holds.
+    async fn active_members(&self) -> StoreResult<Vec<Member>>;
+    /// The texts of the given revisions (to recompile a stored generation).
+    async fn members_by_revision(&self, revision_ids: &[i64]) -> StoreResult<Vec<Member>>;
+    async fn insert_generation(
+        &self,
+        members: &[GenerationMember],
+        failed: &[(i64, String)],
+        engine_version: &str,
+        artifact: Option<&[u8]>,
+    ) -> StoreResult<i64>;
+    async fn latest_generation(&self) -> StoreResult<Option<StoredGeneration>>;
 }
 
 /// Opens the store the settings name, creating the data directory and applying migrations.

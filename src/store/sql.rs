@@ -1,12 +1,15 @@
 //! The SQL shared by both backends, run through `sqlx::Any`.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use super::{Backend, Page, RepositoryClash, Store, StoreError, StoreResult, SystemRepositorySpec};
 use crate::domain::{
-    ImportPreference, NewRepository, Repository, RepositoryFilter, SourceType, SyncState,
+    GenerationMember, ImportPreference, Member, NewRepository, NewRevision, Repository,
+    RepositoryFilter, Revision, Ruleset, SavedRevision, SourceType, StoredGeneration, SyncState,
     Timestamp, User, Username,
 };
 
@@ -14,15 +17,28 @@ use crate::domain::{
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
+    /// Serialises multi-statement writes on SQLite, which has one writer anyway.
+    sqlite_writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqlStore {
     pub(super) fn new(pool: AnyPool, backend: Backend) -> Self {
-        SqlStore { pool, backend }
+        SqlStore {
+            pool,
+            backend,
+            sqlite_writer: Arc::default(),
+        }
     }
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    pub(super) async fn write_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.sqlite_writer.lock().await),
+            Backend::Postgres => None,
+        }
     }
 }
 
@@ -397,5 +413,65 @@ impl Store for SqlStore {
         }
         tx.commit().await?;
         Ok(refused)
+    }
+
+    async fn rulesets(&self) -> StoreResult<Vec<Ruleset>> {
+        self.q_rulesets().await
+    }
+
+    async fn ruleset(&self, name: &str) -> StoreResult<Option<Ruleset>> {
+        self.q_ruleset(name).await
+    }
+
+    async fn save_revision(&self, new: &NewRevision) -> StoreResult<SavedRevision> {
+        self.q_save_revision(new).await
+    }
+
+    async fn revision(&self, ruleset_id: i64, number: i64) -> StoreResult<Option<Revision>> {
+        self.q_revision(ruleset_id, number).await
+    }
+
+    async fn revisions(
+        &self,
+        ruleset_id: i64,
+        offset: i64,
+        limit: i64,
+    ) -> StoreResult<Page<Revision>> {
+        self.q_revisions(ruleset_id, offset, limit).await
+    }
+
+    async fn delete_ruleset(&self, id: i64) -> StoreResult<()> {
+        self.q_delete_ruleset(id).await
+    }
+
+    async fn set_ruleset_enabled(&self, id: i64, enabled: bool) -> StoreResult<()> {
+        self.q_set_enabled(id, enabled).await
+    }
+
+    async fn publish(&self, picks: &[(i64, i64)]) -> StoreResult<()> {
+        self.q_publish(picks).await
+    }
+
+    async fn active_members(&self) -> StoreResult<Vec<Member>> {
+        self.q_active_members().await
+    }
+
+    async fn members_by_revision(&self, revision_ids: &[i64]) -> StoreResult<Vec<Member>> {
+        self.q_members_by_revision(revision_ids).await
+    }
+
+    async fn insert_generation(
+        &self,
+        members: &[GenerationMember],
+        failed: &[(i64, String)],
+        engine_version: &str,
+        artifact: Option<&[u8]>,
+    ) -> StoreResult<i64> {
+        self.q_insert_generation(members, failed, engine_version, artifact)
+            .await
+    }
+
+    async fn latest_generation(&self) -> StoreResult<Option<StoredGeneration>> {
+        self.q_latest_generation().await
     }
 }

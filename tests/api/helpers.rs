@@ -109,6 +109,8 @@ pub struct TestConfig {
     pub max_body_bytes: Option<u64>,
     /// System repositories for the configuration file (None: the default one).
     pub system_repositories: Option<Vec<ruleyard::config::SystemRepository>>,
+    pub yara_sync: bool,
+    pub max_ruleset_bytes: Option<u64>,
 }
 
 impl TestConfig {
@@ -119,6 +121,8 @@ impl TestConfig {
             connect_timeout_seconds: 3,
             max_body_bytes: None,
             system_repositories: None,
+            yara_sync: false,
+            max_ruleset_bytes: None,
         }
     }
 }
@@ -154,22 +158,24 @@ impl TestApp {
             allow_local_sources: Some(config.allow_local_sources),
             connect_timeout_seconds: Some(config.connect_timeout_seconds),
             max_body_bytes: config.max_body_bytes,
+            yara_sync: Some(config.yara_sync),
             ..Default::default()
         };
-        let config_file = config.system_repositories.as_ref().map(|repos| {
-            #[derive(serde::Serialize)]
-            struct File<'a> {
-                system_repositories: &'a [ruleyard::config::SystemRepository],
-            }
-            let path = data_dir.path().join("ruleyard.toml");
-            let text = toml::to_string(&File {
-                system_repositories: repos,
-            })
-            .unwrap();
-            std::fs::write(&path, text).unwrap();
-            path
-        });
-        let settings = Settings::load(config_file.as_deref(), &overrides).expect("test settings");
+        #[derive(serde::Serialize)]
+        struct File<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            max_ruleset_bytes: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            system_repositories: Option<&'a [ruleyard::config::SystemRepository]>,
+        }
+        let config_file = data_dir.path().join("ruleyard.toml");
+        let text = toml::to_string(&File {
+            max_ruleset_bytes: config.max_ruleset_bytes,
+            system_repositories: config.system_repositories.as_deref(),
+        })
+        .unwrap();
+        std::fs::write(&config_file, text).unwrap();
+        let settings = Settings::load(Some(&config_file), &overrides).expect("test settings");
         let app = ruleyard::app::build(settings).await.expect("server starts");
         let address = format!("http://{}", app.local_addr());
         let state = app.state.clone();
@@ -271,6 +277,69 @@ impl TestApp {
         assert_eq!(status, 201, "create repository: {body}");
         assert_eq!(body["message"], "Repository created.");
         body["id"].as_i64().expect("an id")
+    }
+
+    /// `POST /api/yara/ruleset/` as the SDK sends it (a form with `analysis=cloud`).
+    pub async fn save_ruleset(&self, token: &str, name: &str, content: &str) -> Response {
+        self.request(Method::POST, "/api/yara/ruleset/", token)
+            .form(&[("analysis", "cloud"), ("name", name), ("content", content)])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /api/yara/ruleset/{name}/` as the admin.
+    pub async fn ruleset(&self, name: &str) -> Value {
+        let res = self
+            .get(&format!("/api/yara/ruleset/{name}/"), &self.admin_token)
+            .await;
+        assert_eq!(res.status(), 200, "ruleset {name}");
+        res.json().await.unwrap()
+    }
+
+    /// Waits (up to 20 s) until the ruleset shows `status`, and returns its detail.
+    pub async fn wait_status(&self, name: &str, status: &str) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let item = self.ruleset(name).await;
+            if item["status"] == status {
+                return item;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never became {status}: {item}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Marks every stored generation as built by an engine that is not this one.
+    pub async fn tamper_engine_version(&self) {
+        let url = match &self._database {
+            Some(db) => db.url.clone(),
+            None => format!("sqlite://{}", self.state.settings.sqlite_path().display()),
+        };
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+        conn.execute("UPDATE generations SET engine_version = 'yara-x 0.0.1'")
+            .await
+            .unwrap();
+    }
+
+    /// The names of the rules in the generation this node serves.
+    pub fn active_rules(&self) -> Vec<String> {
+        let generation = self
+            .state
+            .rulesets
+            .current_generation()
+            .expect("a generation is loaded");
+        let mut names: Vec<String> = generation
+            .rules
+            .iter()
+            .map(|r| format!("{}:{}", r.namespace(), r.identifier()))
+            .collect();
+        names.sort();
+        names
     }
 
     pub async fn repository(&self, id: i64) -> Value {

@@ -6,5 +6,7 @@ mod upstream;
 
 mod auth;
 mod compat;
+mod corpus;
 mod repositories;
+mod rulesets;
 mod secrets;
