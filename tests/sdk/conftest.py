@@ -1,8 +1,10 @@
 """Fixtures for the SDK end-to-end suite.
 
 A session starts the real `ruleyard serve` binary once per database backend (SQLite always,
-PostgreSQL too when RULEYARD_TEST_POSTGRES_URL is set), creates the users the tests act as and
-builds small `file://` git repositories for the server's connection tests.
+PostgreSQL too when RULEYARD_TEST_POSTGRES_URL is set) with YARA Sync off, and, when a test asks for
+it, a second one with YARA Sync on (each server has its own data directory and database, so they are
+two independent single-node installations). It creates the users the tests act as and builds small
+`file://` git repositories for the server's connection tests.
 """
 
 import os
@@ -11,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,6 +21,8 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from ReversingLabs.SDK.a1000 import A1000
+
+from support import Appliance
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_SECONDS = 60
@@ -43,6 +48,7 @@ def free_port() -> int:
 @dataclass
 class Server:
     backend: str
+    yara_sync: bool
     base_url: str
     env: dict
     log_path: Path
@@ -103,22 +109,27 @@ def psql(url: str, sql: str) -> None:
                    check=True, capture_output=True, text=True, timeout=60)
 
 
-@pytest.fixture(scope="session")
-def postgres_database(request):
+@contextmanager
+def fresh_postgres_database():
     """Creates a fresh PostgreSQL database and yields its URL; drops it afterwards."""
     name = f"ruleyard_sdk_{secrets.token_hex(6)}"
     psql(POSTGRES_URL, f'CREATE DATABASE "{name}"')
-    yield urlsplit(POSTGRES_URL)._replace(path=f"/{name}").geturl()
-    psql(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield urlsplit(POSTGRES_URL)._replace(path=f"/{name}").geturl()
+    finally:
+        psql(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
-def server(request, tmp_path_factory) -> Server:
+@contextmanager
+def running_server(tmp_path_factory, backend: str, yara_sync: bool):
+    """Starts `ruleyard serve` on a fresh data directory (and a fresh database on PostgreSQL), waits
+    until it is healthy, yields it and stops it. YARA Sync is always set explicitly: the server's
+    default depends on the backend (off on SQLite, on with PostgreSQL)."""
     binary = server_binary()
     if not binary.is_file():
         pytest.fail(f"server binary {binary} does not exist; build it with `cargo build` or set RULEYARD_BIN")
 
-    workdir = tmp_path_factory.mktemp(f"ruleyard-{request.param}")
+    workdir = tmp_path_factory.mktemp(f"ruleyard-{backend}-sync-{'on' if yara_sync else 'off'}")
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("RULEYARD_")}
     env.update(
@@ -126,39 +137,70 @@ def server(request, tmp_path_factory) -> Server:
         RULEYARD_DATA_DIR=str(workdir / "data"),
         RULEYARD_ADMIN_PASSWORD=secrets.token_urlsafe(16),
         RULEYARD_ALLOW_LOCAL_SOURCES="true",
+        RULEYARD_YARA_SYNC="true" if yara_sync else "false",
         # No periodic update run may touch repositories while the tests work on them.
         RULEYARD_UPDATE_INTERVAL_SECONDS="0",
     )
-    if request.param == "postgres":
-        env["RULEYARD_DATABASE_URL"] = request.getfixturevalue("postgres_database")
+    with fresh_postgres_database() if backend == "postgres" else nullcontext() as database_url:
+        if database_url:
+            env["RULEYARD_DATABASE_URL"] = database_url
+        log_path = workdir / "server.log"
+        base_url = f"http://127.0.0.1:{port}"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen([str(binary), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL)
+        try:
+            wait_until_healthy(process, base_url, log_path)
+            yield Server(
+                backend=backend,
+                yara_sync=yara_sync,
+                base_url=base_url,
+                env=env,
+                log_path=log_path,
+                admin_password=env["RULEYARD_ADMIN_PASSWORD"],
+                process=process,
+            )
+        finally:
+            stop(process)
 
-    log_path = workdir / "server.log"
-    base_url = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([str(binary), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-    try:
-        wait_until_healthy(process, base_url, log_path)
-        yield Server(
-            backend=request.param,
-            base_url=base_url,
-            env=env,
-            log_path=log_path,
-            admin_password=env["RULEYARD_ADMIN_PASSWORD"],
-            process=process,
-        )
-    finally:
-        stop(process)
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request) -> str:
+    """The database backend of the servers; the tests run once per backend."""
+    return request.param
 
 
 @pytest.fixture(scope="session")
-def passwords(server) -> dict[str, str]:
+def server(backend, tmp_path_factory) -> Server:
+    """The server most tests use: YARA Sync off, so valid revisions are activated at once."""
+    with running_server(tmp_path_factory, backend, yara_sync=False) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def sync_server(backend, tmp_path_factory) -> Server:
+    """A second, independent server with YARA Sync on: new revisions wait for a publish."""
+    with running_server(tmp_path_factory, backend, yara_sync=True) as started:
+        yield started
+
+
+def create_users(server: Server) -> dict[str, str]:
     """Creates the regular users alice and bob; returns every user's password, admin's included."""
     created = {"admin": server.admin_password}
     for name in ("alice", "bob"):
         created[name] = secrets.token_urlsafe(16)
         server.cli("user", "create", name, stdin=created[name] + "\n")
     return created
+
+
+@pytest.fixture(scope="session")
+def passwords(server) -> dict[str, str]:
+    return create_users(server)
+
+
+@pytest.fixture(scope="session")
+def sync_passwords(sync_server) -> dict[str, str]:
+    return create_users(sync_server)
 
 
 def sdk_client(server: Server, passwords: dict[str, str], username: str) -> A1000:
@@ -180,16 +222,53 @@ def bob(server, passwords) -> A1000:
     return sdk_client(server, passwords, "bob")
 
 
-@pytest.fixture(scope="session")
-def alice_http(server, passwords) -> requests.Session:
-    """A plain HTTP session authenticated as alice, for Ruleyard's own endpoints the SDK lacks."""
+def token_session(server: Server, username: str, password: str) -> requests.Session:
+    """A plain HTTP session with a token of its own, for Ruleyard's endpoints the SDK lacks."""
     response = requests.post(f"{server.base_url}/api-token-auth/",
-                             data={"username": "alice", "password": passwords["alice"]}, timeout=30)
+                             data={"username": username, "password": password}, timeout=30)
     assert response.status_code == 200, response.text
     session = requests.Session()
     session.headers["Authorization"] = f"Token {response.json()['token']}"
+    return session
+
+
+@pytest.fixture(scope="session")
+def alice_http(server, passwords) -> requests.Session:
+    """A plain HTTP session authenticated as alice, for Ruleyard's own endpoints the SDK lacks."""
+    session = token_session(server, "alice", passwords["alice"])
     yield session
     session.close()
+
+
+def make_appliance(server: Server, passwords: dict[str, str]) -> Appliance:
+    return Appliance(
+        server=server,
+        clients={name: sdk_client(server, passwords, name) for name in ("admin", "alice", "bob")},
+        sessions={name: token_session(server, name, passwords[name]) for name in ("admin", "alice", "bob")},
+    )
+
+
+@pytest.fixture(scope="session")
+def sync_off(server, passwords) -> Appliance:
+    """The YARA Sync off server, with SDK clients and plain HTTP sessions for admin, alice and bob."""
+    appliance = make_appliance(server, passwords)
+    yield appliance
+    appliance.close()
+
+
+@pytest.fixture(scope="session")
+def sync_on(sync_server, sync_passwords) -> Appliance:
+    """The YARA Sync on server, with SDK clients and plain HTTP sessions for admin, alice and bob."""
+    appliance = make_appliance(sync_server, sync_passwords)
+    yield appliance
+    appliance.close()
+
+
+@pytest.fixture(params=["sync-off", "sync-on"])
+def appliance(request, backend) -> Appliance:
+    """Runs a test once against each YARA Sync mode. (`backend` is named so that pytest parametrizes
+    the test by backend too: the fixture it returns is requested dynamically, out of pytest's sight.)"""
+    return request.getfixturevalue(request.param.replace("-", "_"))
 
 
 def git(*args: str, cwd: Path | None = None) -> None:

@@ -1,7 +1,10 @@
-"""Helpers shared by the SDK tests: status checks with readable failures, and repository shortcuts."""
+"""Helpers shared by the SDK tests: status checks with readable failures, and repository and ruleset
+shortcuts."""
 
 import re
+import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pytest
@@ -13,6 +16,15 @@ SYSTEM_REPOSITORY_URL = "https://github.com/reversinglabs/reversinglabs-yara-rul
 MASKED_TOKEN = "********"
 REPOSITORY_FIELDS = {"id", "url", "name", "source_branch", "source_type", "api_token",
                      "import_update_preferences", "is_custom", "last_modified", "user"}
+RULESET_FIELDS = {"name", "owner", "status", "system_ruleset", "cloud_synced", "last_matched",
+                  "malicious_match_count", "suspicious_match_count", "goodware_match_count", "unknown_match_count",
+                  "repository", "source_path", "revision", "published_revision", "rule_count"}
+DIAGNOSTIC_FIELDS = {"severity", "code", "message", "line", "column"}
+# BEHAVIOUR.md 4: an activation follows a write "within a second or two"; some slack for slow machines.
+ACTIVATION_TIMEOUT_SECONDS = 5
+POLL_INTERVAL_SECONDS = 0.05
+# Two rules; the second does not compile (unknown identifier), so the first error is on line 2.
+INVALID_RULESET = "rule ok { condition: true }\nrule bad { condition: nope }\n"
 
 
 def unique(prefix: str) -> str:
@@ -89,3 +101,153 @@ def create_repository(client: A1000, url: str, name: str | None = None, source_b
     assert body.get("message") == "Repository created.", describe(response)
     assert isinstance(body.get("id"), int) and not isinstance(body["id"], bool), describe(response)
     return body["id"]
+
+
+# --- rulesets ------------------------------------------------------------------------------------
+
+@dataclass
+class Appliance:
+    """One running server with SDK clients and plain HTTP sessions (for Ruleyard's own endpoints) for
+    the users admin (superuser), alice and bob."""
+    server: "Server"  # conftest.Server
+    clients: dict[str, A1000]
+    sessions: dict[str, requests.Session]
+
+    @property
+    def yara_sync(self) -> bool:
+        return self.server.yara_sync
+
+    @property
+    def admin(self) -> A1000:
+        return self.clients["admin"]
+
+    @property
+    def alice(self) -> A1000:
+        return self.clients["alice"]
+
+    @property
+    def bob(self) -> A1000:
+        return self.clients["bob"]
+
+    def url(self, path: str) -> str:
+        return f"{self.server.base_url}{path}"
+
+    def get(self, path: str, as_user: str = "alice", **kwargs) -> requests.Response:
+        return self.sessions[as_user].get(self.url(path), timeout=30, **kwargs)
+
+    def post(self, path: str, as_user: str = "alice", **kwargs) -> requests.Response:
+        return self.sessions[as_user].post(self.url(path), timeout=30, **kwargs)
+
+    def detail(self, name: str) -> dict:
+        """Ruleyard's `GET /api/yara/ruleset/{name}/`."""
+        return expect_status(self.get(f"/api/yara/ruleset/{name}/"), 200)
+
+    def revisions(self, name: str) -> list[dict]:
+        """Ruleyard's `GET /api/yara/ruleset/{name}/revisions/`, every page, newest first."""
+        items, page = [], 1
+        while True:
+            body = expect_status(self.get(f"/api/yara/ruleset/{name}/revisions/",
+                                          params={"page": page, "page_size": 1000}), 200)
+            items.extend(body["results"])
+            if not body["next"]:
+                return items
+            page += 1
+
+    def rollback(self, name: str, revision: int, as_user: str = "alice") -> requests.Response:
+        """Ruleyard's `POST /api/yara/publish/{name}/?revision=N`."""
+        return self.post(f"/api/yara/publish/{name}/", as_user=as_user, params={"revision": revision})
+
+    def close(self) -> None:
+        for session in self.sessions.values():
+            session.close()
+
+
+def rule_text(rules: int = 1, marker: str | None = None) -> str:
+    """A valid ruleset of `rules` rules whose text is unique to this call."""
+    marker = marker or uuid.uuid4().hex
+    return "".join(
+        f'rule r{index}_{marker[:12]} {{\n    strings:\n        $a = "ruleyard-{marker}-{index}"\n'
+        f"    condition:\n        $a\n}}\n"
+        for index in range(rules)
+    )
+
+
+def check_diagnostics(diagnostics: list) -> None:
+    assert isinstance(diagnostics, list), f"diagnostics is not a list: {diagnostics!r}"
+    for diagnostic in diagnostics:
+        assert DIAGNOSTIC_FIELDS <= diagnostic.keys(), f"diagnostic lacks fields: {diagnostic}"
+        assert isinstance(diagnostic["message"], str) and diagnostic["message"], diagnostic
+        assert isinstance(diagnostic["code"], str) and diagnostic["code"], diagnostic
+
+
+def errors_of(diagnostics: list) -> list[dict]:
+    return [diagnostic for diagnostic in diagnostics if diagnostic["severity"] == "error"]
+
+
+def save_ruleset(client: A1000, name: str, content: str, status: int = 201, publish: bool | None = None) -> dict:
+    """Creates (201) or updates (200) a ruleset through the SDK, checks the answer's shape and returns
+    its `detail`."""
+    response = client.create_or_update_yara_ruleset(name, content, publish=publish)
+    body = expect_status(response, status)
+    assert body.get("code") == status, describe(response)
+    detail = body.get("detail")
+    assert isinstance(detail, dict), describe(response)
+    assert {"name", "revision", "valid", "diagnostics"} <= detail.keys(), describe(response)
+    assert detail["name"] == name, describe(response)
+    assert isinstance(detail["revision"], int) and detail["revision"] >= 1, describe(response)
+    assert isinstance(detail["valid"], bool), describe(response)
+    check_diagnostics(detail["diagnostics"])
+    assert detail["valid"] == (not errors_of(detail["diagnostics"])), \
+        f"valid disagrees with the error diagnostics: {describe(response)}"
+    return detail
+
+
+def create_ruleset(client: A1000, name: str | None = None, content: str | None = None,
+                   publish: bool | None = None) -> str:
+    """Creates a new ruleset (valid unless `content` says otherwise) and returns its name."""
+    name = name or unique("rs")
+    detail = save_ruleset(client, name, content or rule_text(), 201, publish)
+    assert detail["revision"] == 1, detail
+    return name
+
+
+def list_rulesets_response(client: A1000, owner_type: str | None = None, status: str | None = None,
+                           source: str | None = None) -> dict:
+    """The unpaged v2 list: checks the envelope, the echoed filters and every item's fields."""
+    response = client.get_yara_rulesets_on_the_appliance_v2(owner_type=owner_type, status=status, source=source)
+    body = expect_status(response, 200)
+    assert {"count", "next", "previous", "results", "type", "status", "source"} <= body.keys(), describe(response)
+    assert (body["type"], body["status"], body["source"]) == \
+        (owner_type or "my", status or "all", source or "all"), f"filters not echoed: {describe(response)}"
+    assert body["next"] is None and body["previous"] is None, f"unpaged list has links: {describe(response)}"
+    assert body["count"] == len(body["results"]), f"count disagrees with results: {describe(response)}"
+    for item in body["results"]:
+        assert RULESET_FIELDS <= item.keys(), f"item lacks fields {RULESET_FIELDS - item.keys()}: {item}"
+    names = [item["name"] for item in body["results"]]
+    assert len(names) == len(set(names)), f"a ruleset is listed twice: {describe(response)}"
+    return body
+
+
+def list_rulesets(client: A1000, owner_type: str | None = None, status: str | None = None,
+                  source: str | None = None) -> dict[str, dict]:
+    """The unpaged v2 list as a dict by name."""
+    body = list_rulesets_response(client, owner_type, status, source)
+    return {item["name"]: item for item in body["results"]}
+
+
+def find_ruleset(client: A1000, name: str) -> dict | None:
+    return list_rulesets(client, "all").get(name)
+
+
+def wait_for_ruleset(client: A1000, name: str, status: str, timeout: float = ACTIVATION_TIMEOUT_SECONDS,
+                     **fields) -> dict:
+    """Polls the v2 list until `name` has `status` (and the given field values); returns the item."""
+    started = time.monotonic()
+    while True:
+        item = find_ruleset(client, name)
+        if item is not None and item["status"] == status and all(item[k] == v for k, v in fields.items()):
+            return item
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"ruleset {name} did not reach status {status!r} with {fields} "
+                        f"within {timeout}s; last listed as {item}")
+        time.sleep(POLL_INTERVAL_SECONDS)
