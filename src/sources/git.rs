@@ -1,8 +1,9 @@
 //! The connection test: the remote's reference advertisement through libgit2 (`git2`), no
-//! `git` process. It resolves the branch to use and classifies every failure.
+//! `git` process. It resolves the branch to use and classifies every failure. Also the pieces
+//! every transfer shares: socket timeouts, credentials answered once, redaction, classification.
 
 use std::cell::Cell;
-use std::sync::Once;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use git2::{Cred, CredentialType, Direction, ErrorClass, ErrorCode, Remote, RemoteCallbacks};
@@ -40,22 +41,71 @@ pub enum ConnectionFailure {
     Timeout(u64),
     #[error("the remote answered with an error: {0}")]
     Other(String),
+    #[error("the transfer was stopped after more than {0} bytes (the size limit)")]
+    TooLarge(u64),
+    #[error("the transfer was cancelled")]
+    Cancelled,
 }
 
-static TIMEOUTS: Once = Once::new();
+/// The socket timeout libgit2 currently uses, in milliseconds (0: never set).
+static SOCKET_TIMEOUT_MS: Mutex<i32> = Mutex::new(0);
 
-/// Sets libgit2's socket timeouts (connect and per-read) once per process; they bound every
-/// blocking network call, so a stalled server cannot hold a thread forever.
+/// Sets libgit2's socket timeouts (connect and per-read), which bound every blocking network
+/// call, so a stalled server cannot hold a thread forever. They are process-wide: the smallest
+/// timeout asked for wins, so no caller waits longer on a silent socket than it asked for.
 pub fn init_timeouts(timeout: Duration) {
-    TIMEOUTS.call_once(|| {
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: called once, guarded by `Once`; libgit2 reads these plain integers when it
-        // opens a socket.
+    let ms = i32::try_from(timeout.as_millis())
+        .unwrap_or(i32::MAX)
+        .max(1);
+    let mut current = SOCKET_TIMEOUT_MS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if *current == 0 || ms < *current {
+        *current = ms;
+        // SAFETY: writes are serialised by the mutex; libgit2 copies these plain integers
+        // when it opens a socket, and they only ever decrease.
         unsafe {
             let _ = git2::opts::set_server_connect_timeout_in_milliseconds(ms);
             let _ = git2::opts::set_server_timeout_in_milliseconds(ms);
         }
-    });
+    }
+}
+
+/// Replaces the token, if any, by `********` in a message from libgit2 or the server.
+pub(crate) fn redactor(auth: &RemoteAuth) -> impl Fn(&str) -> String + '_ {
+    move |message: &str| match &auth.token {
+        Some(t) if !t.expose_secret().is_empty() => message.replace(t.expose_secret(), "********"),
+        _ => message.to_owned(),
+    }
+}
+
+/// The credentials callback: HTTP basic authentication built in memory, answered once. libgit2
+/// calls it again after every refusal, so later calls give up instead of looping; `asked` counts
+/// the calls (a failure after one means the credentials were refused).
+pub(crate) fn answer_once<'a>(
+    auth: &'a RemoteAuth,
+    asked: &'a Cell<u32>,
+) -> impl FnMut(&str, Option<&str>, CredentialType) -> Result<Cred, git2::Error> + 'a {
+    move |_url, _user_from_url, allowed| {
+        asked.set(asked.get() + 1);
+        if asked.get() > 1 {
+            return Err(git2::Error::new(
+                ErrorCode::Auth,
+                ErrorClass::Http,
+                "authentication refused",
+            ));
+        }
+        match &auth.token {
+            Some(token) if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) => {
+                Cred::userpass_plaintext(auth.username, token.expose_secret())
+            }
+            _ => Err(git2::Error::new(
+                ErrorCode::Auth,
+                ErrorClass::Http,
+                "authentication required",
+            )),
+        }
+    }
 }
 
 /// Lists the remote's references and resolves the branch. Blocking.
@@ -66,39 +116,12 @@ pub fn probe_remote(
     timeout: Duration,
 ) -> Result<ConnectionTest, ConnectionFailure> {
     init_timeouts(timeout);
-    let secret = auth.token.as_ref().map(|t| t.expose_secret().to_owned());
-    let redact = |message: &str| -> String {
-        match &secret {
-            Some(t) if !t.is_empty() => message.replace(t.as_str(), "********"),
-            _ => message.to_owned(),
-        }
-    };
-
+    let redact = redactor(auth);
     let mut remote =
         Remote::create_detached(url).map_err(|e| ConnectionFailure::Other(redact(e.message())))?;
     let asked = Cell::new(0u32);
     let mut callbacks = RemoteCallbacks::new();
-    callbacks.credentials(|_url, _user_from_url, allowed| {
-        // libgit2 calls again after every refusal: answer once, then give up.
-        asked.set(asked.get() + 1);
-        if asked.get() > 1 {
-            return Err(git2::Error::new(
-                ErrorCode::Auth,
-                ErrorClass::Http,
-                "authentication refused",
-            ));
-        }
-        match &secret {
-            Some(token) if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) => {
-                Cred::userpass_plaintext(auth.username, token)
-            }
-            _ => Err(git2::Error::new(
-                ErrorCode::Auth,
-                ErrorClass::Http,
-                "authentication required",
-            )),
-        }
-    });
+    callbacks.credentials(answer_once(auth, &asked));
 
     let connection = remote
         .connect_auth(Direction::Fetch, Some(callbacks), None)
@@ -140,7 +163,8 @@ pub fn probe_remote(
     }
 }
 
-fn classify(
+/// Maps a libgit2 error to the failure shown to users, with the token redacted.
+pub(crate) fn classify(
     e: &git2::Error,
     credentials_asked: bool,
     timeout: Duration,
