@@ -16,6 +16,7 @@ use crate::auth;
 use crate::config::Settings;
 use crate::domain::{Branch, ImportPreference, NewRepository, RepoUrl, RepositoryName, Username};
 use crate::http::compat::NormalizePathLayer;
+use crate::jobs::{Importer, UpdateJob};
 use crate::rules::ActiveRules;
 use crate::rulesets::{Activator, Rulesets};
 use crate::secrets::{KEY_CHECK_SETTING, SecretBox};
@@ -28,6 +29,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub secrets: Arc<SecretBox>,
     pub rulesets: Arc<Rulesets>,
+    pub update_job: Arc<UpdateJob>,
 }
 
 /// A started application, bound to its address.
@@ -59,11 +61,23 @@ pub async fn open_state(settings: Settings) -> anyhow::Result<AppState> {
         settings.yara_sync,
         settings.max_ruleset_bytes,
     );
+    let settings = Arc::new(settings);
+    let secrets = Arc::new(secrets);
+    let rulesets = Arc::new(rulesets);
+    let importer = Arc::new(Importer {
+        store: store.clone(),
+        rulesets: rulesets.clone(),
+        secrets: secrets.clone(),
+        settings: settings.clone(),
+        cancel: Arc::default(),
+    });
+    let update_job = UpdateJob::new(store.clone(), importer);
     Ok(AppState {
         store,
-        settings: Arc::new(settings),
-        secrets: Arc::new(secrets),
-        rulesets: Arc::new(rulesets),
+        settings,
+        secrets,
+        rulesets,
+        update_job,
     })
 }
 
@@ -91,6 +105,9 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let activator = self.state.rulesets.activator().clone();
+        let job = self.state.update_job.clone();
+        job.recover().await?;
+        let scheduler = tokio::spawn(job.scheduler());
         // Load (or build) the generation in the background: the API answers meanwhile, and
         // /readyz says when scanning is ready.
         let background = tokio::spawn(async move {
@@ -109,6 +126,7 @@ impl App {
         .await
         .context("server error");
         background.abort();
+        scheduler.abort();
         served
     }
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod jobs;
 pub mod rules;
 pub mod rulesets;
 pub mod secrets;

@@ -2,11 +2,13 @@
 //!
 //! No I/O here, and nothing from `http`, `store` or `sources`.
 
+pub mod import;
 pub mod repository;
 pub mod ruleset;
 pub mod time;
 pub mod user;
 
+pub use import::{FileRecord, FileState, ImportApplied, ImportBatch, RepoOutcome, UpdateRun};
 pub use repository::{
     Branch, ImportPreference, NewRepository, RepoUrl, Repository, RepositoryFilter, RepositoryName,
     SourceType, SyncState,

@@ -9,6 +9,7 @@ pub mod ops;
 pub mod publish;
 pub mod repositories;
 pub mod rulesets;
+pub mod update;
 
 use std::time::Duration;
 
@@ -69,6 +70,26 @@ pub fn router(state: AppState) -> Router {
         .route("/api/yara/publish/ruleset/{name}", post(publish::one))
         .route("/api/yara/publish/{name}", post(publish::one))
         .route("/api/yara/sync", get(publish::sync))
+        .route("/api/yara/update", get(update::status))
+        .route(
+            "/api/yara/update/set-interval/{seconds}",
+            post(update::set_interval),
+        )
+        .route(
+            "/api/yara/update/reset-interval",
+            post(update::reset_interval),
+        )
+        .route("/api/yara/update/run", post(update::run))
+        .route("/api/yara/update/runs", get(update::runs))
+        .route("/api/yara/update/runs/{id}", get(update::run_detail))
+        .route(
+            "/api/yara/repositories/{id}/files",
+            get(repositories::files),
+        )
+        .route(
+            "/api/yara/repositories/{id}/import",
+            post(repositories::import),
+        )
         .route_layer(from_fn_with_state(state.clone(), auth::require_token));
 
     Router::new()

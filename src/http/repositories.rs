@@ -16,6 +16,7 @@ use crate::domain::{
     Branch, ImportPreference, NewRepository, RepoUrl, Repository, RepositoryFilter, RepositoryName,
     User,
 };
+use crate::jobs::ImportFailure;
 use crate::sources::{ConnectionFailure, ConnectionTest, RemoteAuth, probe_remote};
 
 /// What `api_token` shows: never the token.
@@ -132,7 +133,7 @@ pub async fn delete(
     url: RequestUrl,
 ) -> ApiResult<Json<Value>> {
     let repo = load(&state, &id).await?;
-    let _remove_rulesets = url.boolean("shouldRemoveRulesets")?;
+    let remove_rulesets = url.boolean("shouldRemoveRulesets")?;
     if !repo.is_custom {
         return Err(ApiError::bad_request(
             "system_repository",
@@ -145,9 +146,88 @@ pub async fn delete(
             "You may delete only your own repositories.",
         ));
     }
-    state.store.delete_repository(repo.id).await?;
-    tracing::info!(repository = repo.id, "repository deleted");
+    let touched = state
+        .store
+        .delete_repository(repo.id, remove_rulesets, repo.user_id)
+        .await?;
+    state.update_job.importer().forget(repo.id);
+    if remove_rulesets && touched > 0 {
+        state.rulesets.activator().request();
+    }
+    tracing::info!(
+        repository = repo.id,
+        rulesets = touched,
+        remove_rulesets,
+        "repository deleted"
+    );
     Ok(Json(json!({"message": "Repository deleted."})))
+}
+
+/// ext: `GET /api/yara/repositories/{id}/files/`: the rule files seen at the last fetch.
+pub async fn files(
+    State(state): State<AppState>,
+    _user: CurrentUser,
+    Path(id): Path<String>,
+    url: RequestUrl,
+) -> ApiResult<Json<Value>> {
+    let repo = load(&state, &id).await?;
+    let page = PageRequest::parse(&url)?;
+    let found = state
+        .store
+        .repository_files(repo.id, Some(page.window()))
+        .await?;
+    let results = found
+        .items
+        .iter()
+        .map(|f| {
+            json!({
+                "path": f.path,
+                "blob_sha": f.blob_sha,
+                "ruleset": f.ruleset,
+                "state": f.state.as_str(),
+                "reason": f.reason,
+            })
+        })
+        .collect();
+    Ok(Json(page.envelope(&url, found.count, results)?))
+}
+
+/// ext: `POST /api/yara/repositories/{id}/import/` with optional `paths`: fetch now and import.
+pub async fn import(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+    fields: Fields,
+) -> ApiResult<Json<Value>> {
+    let repo = load(&state, &id).await?;
+    if !may_change(&user, &repo) {
+        return Err(ApiError::forbidden(if repo.is_custom {
+            "You may import only your own repositories."
+        } else {
+            "Only a superuser may import a system repository."
+        }));
+    }
+    let paths = fields
+        .list("paths")
+        .map_err(|m| ApiError::field("paths", m))?;
+    match state.update_job.import_now(&repo, paths).await? {
+        Ok(outcome) => Ok(Json(super::update::outcome_json(&outcome))),
+        Err((outcome, failure)) => {
+            let message = outcome.error.clone().unwrap_or_default();
+            let error = match failure {
+                ImportFailure::UnknownPaths(_) => {
+                    ApiError::field("paths", format!("Import refused: {message}"))
+                }
+                ImportFailure::Upstream => ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "import_failed",
+                    format!("Import failed: {message}"),
+                ),
+                ImportFailure::Internal => return Err(ApiError::internal(message)),
+            };
+            Err(error)
+        }
+    }
 }
 
 fn may_change(user: &User, repo: &Repository) -> bool {

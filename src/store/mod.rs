@@ -4,6 +4,7 @@
 //! placeholders are `$n`); each backend owns its connection setup and its migrations folder.
 //! The store returns domain types, never rows, and must not import `http`.
 
+mod imports;
 mod postgres;
 mod rulesets;
 mod sql;
@@ -12,8 +13,9 @@ mod sqlite;
 use async_trait::async_trait;
 
 use crate::domain::{
-    GenerationMember, Member, NewRepository, NewRevision, Repository, RepositoryFilter, Revision,
-    Ruleset, SavedRevision, StoredGeneration, User, Username,
+    FileRecord, GenerationMember, ImportApplied, ImportBatch, Member, NewRepository, NewRevision,
+    RepoOutcome, Repository, RepositoryFilter, Revision, Ruleset, SavedRevision, StoredGeneration,
+    UpdateRun, User, Username,
 };
 
 pub use sql::SqlStore;
@@ -95,7 +97,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<RepositoryClash>;
     async fn insert_repository(&self, new: &NewRepository) -> StoreResult<i64>;
     async fn update_repository(&self, id: i64, new: &NewRepository) -> StoreResult<()>;
-    async fn delete_repository(&self, id: i64) -> StoreResult<()>;
+    /// Deletes a repository; its rulesets are deleted too (`remove_rulesets`) or stay as local
+    /// rulesets owned by `owner_id`. Returns how many rulesets were touched.
+    async fn delete_repository(
+        &self,
+        id: i64,
+        remove_rulesets: bool,
+        owner_id: Option<i64>,
+    ) -> StoreResult<i64>;
     /// Makes the stored system repositories equal to configuration: adds the new ones, updates
     /// the known ones (matched by URL and branch), removes those configuration dropped.
     /// Returns the names that could not be added because a custom repository holds the name.
@@ -133,6 +142,43 @@ pub trait Store: Send + Sync + 'static {
         artifact: Option<&[u8]>,
     ) -> StoreResult<i64>;
     async fn latest_generation(&self) -> StoreResult<Option<StoredGeneration>>;
+
+    /// A repository's file index (a window of it, or all of it).
+    async fn repository_files(
+        &self,
+        repository_id: i64,
+        window: Option<(i64, i64)>,
+    ) -> StoreResult<Page<FileRecord>>;
+    /// Stores one repository's update in one transaction.
+    async fn apply_import(&self, batch: &ImportBatch) -> StoreResult<ImportApplied>;
+    async fn set_sync_state(
+        &self,
+        repository_id: i64,
+        state: &str,
+        error: Option<&str>,
+    ) -> StoreResult<()>;
+
+    async fn insert_run(&self, node: &str, trigger: &str, total: i64) -> StoreResult<i64>;
+    async fn record_run_repository(&self, run_id: i64, outcome: &RepoOutcome) -> StoreResult<()>;
+    async fn finish_run(&self, run_id: i64, state: &str) -> StoreResult<()>;
+    /// Marks the runs a node left `running` (it crashed) as `interrupted`.
+    async fn interrupt_runs_of(&self, node: &str) -> StoreResult<u64>;
+    async fn runs(&self, offset: i64, limit: i64) -> StoreResult<Page<UpdateRun>>;
+    async fn run(&self, id: i64) -> StoreResult<Option<(UpdateRun, Vec<RepoOutcome>)>>;
+
+    /// Takes a lease when free or lapsed: `None` when someone else holds it, else the run id
+    /// the lapsed lease named (a run cut short).
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        run_id: Option<i64>,
+        expires_at: i64,
+    ) -> StoreResult<Option<Option<i64>>>;
+    async fn set_lease_run(&self, name: &str, holder: &str, run_id: i64) -> StoreResult<()>;
+    /// Extends a lease this holder has; false when it lost it.
+    async fn renew_lease(&self, name: &str, holder: &str, expires_at: i64) -> StoreResult<bool>;
+    async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()>;
 }
 
 /// Opens the store the settings name, creating the data directory and applying migrations.

@@ -84,98 +84,23 @@ impl SqlStore {
 
     pub(super) async fn q_save_revision(&self, new: &NewRevision) -> StoreResult<SavedRevision> {
         let _guard = self.write_guard().await;
-        let now = Timestamp::now().millis();
-        let (repository_id, source_path) = match &new.origin {
-            Origin::Local => (None, None),
-            Origin::Repository { id, path } => (Some(*id), Some(path.clone())),
-        };
         let mut tx = self.pool().begin().await?;
-        let created = sqlx::query(
-            "INSERT INTO rulesets (name, owner_id, repository_id, source_path, enabled, \
-               is_system, latest_revision, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 1, $5, 0, $6, $6) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(new.name.as_str())
-        .bind(new.owner_id)
-        .bind(repository_id)
-        .bind(source_path)
-        .bind(i64::from(new.is_system))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-        let row = sqlx::query(
-            "UPDATE rulesets SET updated_at = $1 WHERE name = $2 RETURNING id, latest_revision",
-        )
-        .bind(now)
-        .bind(new.name.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
-        let ruleset_id: i64 = row.try_get("id")?;
-        let latest: i64 = row.try_get("latest_revision")?;
-        let latest_sha: Option<String> =
-            sqlx::query("SELECT sha256 FROM revisions WHERE ruleset_id = $1 AND number = $2")
-                .bind(ruleset_id)
-                .bind(latest)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get("sha256"))
-                .transpose()?;
-        let unchanged = latest_sha.as_deref() == Some(new.sha256.as_str());
-        let (revision, published) = if unchanged {
-            tx.rollback().await?;
-            (latest, false)
-        } else {
-            let number = latest + 1;
-            let (user, repo, commit) = match &new.author {
-                Author::User(id) => (Some(*id), None, None),
-                Author::Repository { id, commit } => (None, Some(*id), Some(commit.clone())),
-            };
-            let diagnostics = serde_json::to_string(&new.outcome.diagnostics)
-                .map_err(|e| StoreError::Setup(e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO revisions (ruleset_id, number, content, sha256, author_user_id, \
-                   author_repository_id, author_commit, created_at, valid, diagnostics, rule_count) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(ruleset_id)
-            .bind(number)
-            .bind(new.content.as_str())
-            .bind(new.sha256.as_str())
-            .bind(user)
-            .bind(repo)
-            .bind(commit)
-            .bind(now)
-            .bind(i64::from(new.outcome.valid))
-            .bind(diagnostics)
-            .bind(new.outcome.rule_count)
-            .execute(&mut *tx)
-            .await?;
-            let publish = new.publish_if_valid && new.outcome.valid;
-            sqlx::query(
-                "UPDATE rulesets SET latest_revision = $1, removed_upstream = 0, \
-                   published_revision = CASE WHEN $2 = 1 THEN $1 ELSE published_revision END \
-                 WHERE id = $3",
-            )
-            .bind(number)
-            .bind(i64::from(publish))
-            .bind(ruleset_id)
-            .execute(&mut *tx)
-            .await?;
+        let saved = save_revision_in(&mut tx, new, Timestamp::now().millis()).await?;
+        if saved.new_revision {
             tx.commit().await?;
-            (number, publish)
-        };
+        } else {
+            tx.rollback().await?;
+        }
         let ruleset = self
             .q_ruleset(new.name.as_str())
             .await?
             .ok_or(StoreError::NotFound)?;
         Ok(SavedRevision {
             ruleset,
-            created_ruleset: created,
-            revision,
-            new_revision: !unchanged,
-            published,
+            created_ruleset: saved.created,
+            revision: saved.revision,
+            new_revision: saved.new_revision,
+            published: saved.published,
         })
     }
 
@@ -357,6 +282,114 @@ impl SqlStore {
             artifact: row.try_get("artifact")?,
         }))
     }
+}
+
+/// What [`save_revision_in`] did.
+pub(super) struct SavedIn {
+    pub ruleset_id: i64,
+    pub created: bool,
+    pub revision: i64,
+    pub new_revision: bool,
+    pub published: bool,
+}
+
+/// Stores one revision inside the caller's transaction (creating the ruleset when the name is
+/// new). Content equal to the latest revision's stores nothing but the ruleset's touch.
+pub(super) async fn save_revision_in(
+    tx: &mut sqlx::AnyConnection,
+    new: &NewRevision,
+    now: i64,
+) -> StoreResult<SavedIn> {
+    let (repository_id, source_path) = match &new.origin {
+        Origin::Local => (None, None),
+        Origin::Repository { id, path } => (Some(*id), Some(path.clone())),
+    };
+    let created = sqlx::query(
+        "INSERT INTO rulesets (name, owner_id, repository_id, source_path, enabled, \
+           is_system, latest_revision, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, 1, $5, 0, $6, $6) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(new.name.as_str())
+    .bind(new.owner_id)
+    .bind(repository_id)
+    .bind(source_path)
+    .bind(i64::from(new.is_system))
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        > 0;
+    let row = sqlx::query(
+        "UPDATE rulesets SET updated_at = $1 WHERE name = $2 RETURNING id, latest_revision",
+    )
+    .bind(now)
+    .bind(new.name.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    let ruleset_id: i64 = row.try_get("id")?;
+    let latest: i64 = row.try_get("latest_revision")?;
+    let latest_sha: Option<String> =
+        sqlx::query("SELECT sha256 FROM revisions WHERE ruleset_id = $1 AND number = $2")
+            .bind(ruleset_id)
+            .bind(latest)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get("sha256"))
+            .transpose()?;
+    if latest_sha.as_deref() == Some(new.sha256.as_str()) {
+        return Ok(SavedIn {
+            ruleset_id,
+            created,
+            revision: latest,
+            new_revision: false,
+            published: false,
+        });
+    }
+    let number = latest + 1;
+    let (user, repo, commit) = match &new.author {
+        Author::User(id) => (Some(*id), None, None),
+        Author::Repository { id, commit } => (None, Some(*id), Some(commit.clone())),
+    };
+    let diagnostics = serde_json::to_string(&new.outcome.diagnostics)
+        .map_err(|e| StoreError::Setup(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO revisions (ruleset_id, number, content, sha256, author_user_id, \
+           author_repository_id, author_commit, created_at, valid, diagnostics, rule_count) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(ruleset_id)
+    .bind(number)
+    .bind(new.content.as_str())
+    .bind(new.sha256.as_str())
+    .bind(user)
+    .bind(repo)
+    .bind(commit)
+    .bind(now)
+    .bind(i64::from(new.outcome.valid))
+    .bind(diagnostics)
+    .bind(new.outcome.rule_count)
+    .execute(&mut *tx)
+    .await?;
+    let publish = new.publish_if_valid && new.outcome.valid;
+    sqlx::query(
+        "UPDATE rulesets SET latest_revision = $1, \
+           enabled = CASE WHEN removed_upstream = 1 THEN 1 ELSE enabled END, \
+           removed_upstream = 0, \
+           published_revision = CASE WHEN $2 = 1 THEN $1 ELSE published_revision END \
+         WHERE id = $3",
+    )
+    .bind(number)
+    .bind(i64::from(publish))
+    .bind(ruleset_id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(SavedIn {
+        ruleset_id,
+        created,
+        revision: number,
+        new_revision: true,
+        published: publish,
+    })
 }
 
 fn member_from_row(row: &AnyRow) -> StoreResult<Member> {

@@ -8,9 +8,9 @@ use sqlx::{AnyPool, Row};
 
 use super::{Backend, Page, RepositoryClash, Store, StoreError, StoreResult, SystemRepositorySpec};
 use crate::domain::{
-    GenerationMember, ImportPreference, Member, NewRepository, NewRevision, Repository,
-    RepositoryFilter, Revision, Ruleset, SavedRevision, SourceType, StoredGeneration, SyncState,
-    Timestamp, User, Username,
+    FileRecord, GenerationMember, ImportApplied, ImportBatch, ImportPreference, Member,
+    NewRepository, NewRevision, RepoOutcome, Repository, RepositoryFilter, Revision, Ruleset,
+    SavedRevision, SourceType, StoredGeneration, SyncState, Timestamp, UpdateRun, User, Username,
 };
 
 #[derive(Clone)]
@@ -325,15 +325,14 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn delete_repository(&self, id: i64) -> StoreResult<()> {
-        let done = sqlx::query("DELETE FROM repositories WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+    async fn delete_repository(
+        &self,
+        id: i64,
+        remove_rulesets: bool,
+        owner_id: Option<i64>,
+    ) -> StoreResult<i64> {
+        self.q_delete_repository(id, remove_rulesets, owner_id)
+            .await
     }
 
     async fn sync_system_repositories(
@@ -473,5 +472,72 @@ impl Store for SqlStore {
 
     async fn latest_generation(&self) -> StoreResult<Option<StoredGeneration>> {
         self.q_latest_generation().await
+    }
+
+    async fn repository_files(
+        &self,
+        repository_id: i64,
+        window: Option<(i64, i64)>,
+    ) -> StoreResult<Page<FileRecord>> {
+        self.q_repository_files(repository_id, window).await
+    }
+
+    async fn apply_import(&self, batch: &ImportBatch) -> StoreResult<ImportApplied> {
+        self.q_apply_import(batch).await
+    }
+
+    async fn set_sync_state(
+        &self,
+        repository_id: i64,
+        state: &str,
+        error: Option<&str>,
+    ) -> StoreResult<()> {
+        self.q_set_sync_state(repository_id, state, error).await
+    }
+
+    async fn insert_run(&self, node: &str, trigger: &str, total: i64) -> StoreResult<i64> {
+        self.q_insert_run(node, trigger, total).await
+    }
+
+    async fn record_run_repository(&self, run_id: i64, outcome: &RepoOutcome) -> StoreResult<()> {
+        self.q_record_run_repository(run_id, outcome).await
+    }
+
+    async fn finish_run(&self, run_id: i64, state: &str) -> StoreResult<()> {
+        self.q_finish_run(run_id, state).await
+    }
+
+    async fn interrupt_runs_of(&self, node: &str) -> StoreResult<u64> {
+        self.q_interrupt_runs_of(node).await
+    }
+
+    async fn runs(&self, offset: i64, limit: i64) -> StoreResult<Page<UpdateRun>> {
+        self.q_runs(offset, limit).await
+    }
+
+    async fn run(&self, id: i64) -> StoreResult<Option<(UpdateRun, Vec<RepoOutcome>)>> {
+        self.q_run(id).await
+    }
+
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        run_id: Option<i64>,
+        expires_at: i64,
+    ) -> StoreResult<Option<Option<i64>>> {
+        self.q_take_lease(name, holder, run_id, expires_at).await
+    }
+
+    async fn set_lease_run(&self, name: &str, holder: &str, run_id: i64) -> StoreResult<()> {
+        self.q_set_lease_run(name, holder, run_id).await
+    }
+
+    async fn renew_lease(&self, name: &str, holder: &str, expires_at: i64) -> StoreResult<bool> {
+        self.q_renew_lease(name, holder, expires_at).await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()> {
+        self.q_release_lease(name, holder).await
     }
 }

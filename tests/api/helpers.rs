@@ -111,6 +111,9 @@ pub struct TestConfig {
     pub system_repositories: Option<Vec<ruleyard::config::SystemRepository>>,
     pub yara_sync: bool,
     pub max_ruleset_bytes: Option<u64>,
+    pub fetch_timeout_seconds: u64,
+    pub update_interval_seconds: u64,
+    pub rule_extensions: Option<Vec<String>>,
 }
 
 impl TestConfig {
@@ -123,6 +126,9 @@ impl TestConfig {
             system_repositories: None,
             yara_sync: false,
             max_ruleset_bytes: None,
+            fetch_timeout_seconds: 60,
+            update_interval_seconds: 3600,
+            rule_extensions: None,
         }
     }
 }
@@ -159,6 +165,8 @@ impl TestApp {
             connect_timeout_seconds: Some(config.connect_timeout_seconds),
             max_body_bytes: config.max_body_bytes,
             yara_sync: Some(config.yara_sync),
+            fetch_timeout_seconds: Some(config.fetch_timeout_seconds),
+            update_interval_seconds: Some(config.update_interval_seconds),
             ..Default::default()
         };
         #[derive(serde::Serialize)]
@@ -166,11 +174,14 @@ impl TestApp {
             #[serde(skip_serializing_if = "Option::is_none")]
             max_ruleset_bytes: Option<u64>,
             #[serde(skip_serializing_if = "Option::is_none")]
+            rule_extensions: Option<&'a [String]>,
+            #[serde(skip_serializing_if = "Option::is_none")]
             system_repositories: Option<&'a [ruleyard::config::SystemRepository]>,
         }
         let config_file = data_dir.path().join("ruleyard.toml");
         let text = toml::to_string(&File {
             max_ruleset_bytes: config.max_ruleset_bytes,
+            rule_extensions: config.rule_extensions.as_deref(),
             system_repositories: config.system_repositories.as_deref(),
         })
         .unwrap();
@@ -324,6 +335,68 @@ impl TestApp {
         conn.execute("UPDATE generations SET engine_version = 'yara-x 0.0.1'")
             .await
             .unwrap();
+    }
+
+    /// `POST /api/yara/update/run` as the admin; returns the run id.
+    pub async fn start_run(&self) -> i64 {
+        let res = self
+            .request(Method::POST, "/api/yara/update/run/", &self.admin_token)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["message"], "Job running!");
+        body["run_id"].as_i64().unwrap()
+    }
+
+    /// Waits (up to 120 s) for a run to end; returns its record.
+    pub async fn wait_run(&self, id: i64) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let res = self
+                .get(&format!("/api/yara/update/runs/{id}/"), &self.admin_token)
+                .await;
+            assert_eq!(res.status(), 200);
+            let run: Value = res.json().await.unwrap();
+            if run["state"] != "running" {
+                return run;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run {id} never ended: {run}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every ruleset (v2 list, type all), by name.
+    pub async fn rulesets(&self) -> std::collections::BTreeMap<String, Value> {
+        let res = self
+            .get("/api/yara/v2/rulesets/?type=all", &self.admin_token)
+            .await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["name"].as_str().unwrap().to_owned(), r.clone()))
+            .collect()
+    }
+
+    /// A repository's whole file index.
+    pub async fn files(&self, id: i64) -> Vec<Value> {
+        let res = self
+            .get(
+                &format!("/api/yara/repositories/{id}/files/?page_size=1000"),
+                &self.admin_token,
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        body["results"].as_array().unwrap().clone()
     }
 
     /// The names of the rules in the generation this node serves.

@@ -7,6 +7,7 @@ mod upstream;
 mod auth;
 mod compat;
 mod corpus;
+mod imports;
 mod repositories;
 mod rulesets;
 mod secrets;

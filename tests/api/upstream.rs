@@ -70,6 +70,71 @@ impl Upstreams {
         bare
     }
 
+    /// A bare clone of a corpus bundle, served as `<name>.git`.
+    pub fn clone_bundle(&self, name: &str, bundle: &Path) -> PathBuf {
+        let bare = self.root.path().join(format!("{name}.git"));
+        git(
+            self.root.path(),
+            &[
+                "-c",
+                "init.defaultBranch=main",
+                "clone",
+                "-q",
+                "--bare",
+                bundle.to_str().unwrap(),
+                bare.to_str().unwrap(),
+            ],
+        );
+        bare
+    }
+
+    /// Runs git in a bare repository and returns its standard output.
+    pub fn git_in(&self, name: &str, args: &[&str]) -> String {
+        let dir = self.root.path().join(format!("{name}.git"));
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Adds a commit to `<name>.git`'s branch that writes (or, with `None`, removes) files.
+    pub fn commit(&self, name: &str, branch: &str, changes: &[(&str, Option<&str>)]) {
+        let work = self.root.path().join(format!("{name}-edit"));
+        let _ = std::fs::remove_dir_all(&work);
+        let bare = self.root.path().join(format!("{name}.git"));
+        git(
+            self.root.path(),
+            &[
+                "clone",
+                "-q",
+                "-b",
+                branch,
+                bare.to_str().unwrap(),
+                work.to_str().unwrap(),
+            ],
+        );
+        for (path, content) in changes {
+            let file = work.join(path);
+            match content {
+                Some(text) => {
+                    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                    std::fs::write(file, text).unwrap();
+                }
+                None => std::fs::remove_file(file).unwrap(),
+            }
+        }
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "change rules"]);
+        git(&work, &["push", "-q", "origin", branch]);
+    }
+
     pub fn file_url(&self, name: &str) -> String {
         format!(
             "file://{}",
@@ -106,9 +171,17 @@ pub struct GitDaemon {
 impl GitDaemon {
     pub fn start(base: &Path) -> Self {
         let port = free_port();
-        let child = Command::new("git")
+        // `git daemon` forks `git-daemon`: run that directly so killing it ends the server.
+        let exec_path = String::from_utf8(
+            Command::new("git")
+                .arg("--exec-path")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let child = Command::new(PathBuf::from(exec_path.trim()).join("git-daemon"))
             .args([
-                "daemon",
                 "--reuseaddr",
                 "--export-all",
                 "--listen=127.0.0.1",
@@ -142,6 +215,8 @@ pub struct AuthGitServer {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     /// Every `Authorization` header the server saw, to check what clients sent.
     pub seen_auth: Arc<Mutex<Vec<String>>>,
+    /// While set, every request is accepted and never answered.
+    pub stall: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Clone)]
@@ -149,6 +224,7 @@ struct CgiState {
     root: PathBuf,
     token: String,
     seen_auth: Arc<Mutex<Vec<String>>>,
+    stall: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AuthGitServer {
@@ -157,8 +233,10 @@ impl AuthGitServer {
             root: root.to_owned(),
             token: token.to_owned(),
             seen_auth: Arc::default(),
+            stall: Arc::default(),
         };
         let seen_auth = state.seen_auth.clone();
+        let stall = state.stall.clone();
         let app = axum::Router::new().fallback(serve_cgi).with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -175,6 +253,7 @@ impl AuthGitServer {
             addr,
             shutdown: Some(tx),
             seen_auth,
+            stall,
         }
     }
 
@@ -210,6 +289,9 @@ fn basic_password(headers: &HeaderMap) -> Option<String> {
 }
 
 async fn serve_cgi(State(state): State<CgiState>, req: Request) -> Response {
+    if state.stall.load(std::sync::atomic::Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
     if let Some(h) = req.headers().get(header::AUTHORIZATION) {
         state
             .seen_auth

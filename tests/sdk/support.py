@@ -1,5 +1,5 @@
-"""Helpers shared by the SDK tests: status checks with readable failures, and repository and ruleset
-shortcuts."""
+"""Helpers shared by the SDK tests: status checks with readable failures, and repository, import and
+ruleset shortcuts."""
 
 import re
 import time
@@ -20,6 +20,23 @@ RULESET_FIELDS = {"name", "owner", "status", "system_ruleset", "cloud_synced", "
                   "malicious_match_count", "suspicious_match_count", "goodware_match_count", "unknown_match_count",
                   "repository", "source_path", "revision", "published_revision", "rule_count"}
 DIAGNOSTIC_FIELDS = {"severity", "code", "message", "line", "column"}
+# One repository's outcome, as an update run records it and an explicit import answers it (BEHAVIOUR.md 5).
+OUTCOME_FIELDS = {"repository", "name", "commit_before", "commit_after", "files_added", "files_changed",
+                  "files_removed", "rulesets_created", "revisions_created", "invalid_revisions", "rule_files",
+                  "skipped_files", "unchanged", "duration_ms", "error"}
+OUTCOME_COUNTS = ("files_added", "files_changed", "files_removed", "rulesets_created", "revisions_created",
+                  "invalid_revisions", "rule_files", "skipped_files", "duration_ms")
+FILE_FIELDS = {"path", "blob_sha", "ruleset", "state", "reason"}
+FILE_STATES = {"imported", "available", "index", "skipped", "removed_upstream"}
+GIT_ID = re.compile(r"^[0-9a-f]{40}$")
+# The servers' git timeouts (conftest sets them): a stalled upstream fails a fetch after this long.
+FETCH_TIMEOUT_SECONDS = 5
+CONNECT_TIMEOUT_SECONDS = 5
+# The update job's server has a short job lease, which one stalled run must renew (BEHAVIOUR.md 5).
+JOB_LEASE_SECONDS = 2
+# A rule file that every upstream repository of `Upstreams.new` carries, so imports have something to import.
+FIXTURE_RULE_PATH = "rules/sdk_fixture.yara"
+FIXTURE_RULE = 'rule sdk_fixture_rule {\n    strings:\n        $a = "ruleyard-sdk-fixture"\n    condition:\n        $a\n}\n'
 # BEHAVIOUR.md 4: an activation follows a write "within a second or two"; some slack for slow machines.
 ACTIVATION_TIMEOUT_SECONDS = 5
 POLL_INTERVAL_SECONDS = 0.05
@@ -101,6 +118,76 @@ def create_repository(client: A1000, url: str, name: str | None = None, source_b
     assert body.get("message") == "Repository created.", describe(response)
     assert isinstance(body.get("id"), int) and not isinstance(body["id"], bool), describe(response)
     return body["id"]
+
+
+# --- imports (ext) -------------------------------------------------------------------------------
+
+def check_outcome(outcome: dict, repository_id: int) -> dict:
+    """Checks the shape of one repository's outcome (of a run or an import) and returns it."""
+    assert OUTCOME_FIELDS <= outcome.keys(), f"outcome lacks fields {OUTCOME_FIELDS - outcome.keys()}: {outcome}"
+    assert outcome["repository"] == repository_id, f"outcome of another repository: {outcome}"
+    assert isinstance(outcome["name"], str) and outcome["name"], outcome
+    for key in OUTCOME_COUNTS:
+        assert isinstance(outcome[key], int) and not isinstance(outcome[key], bool) and outcome[key] >= 0, \
+            f"{key} is not a count: {outcome}"
+    assert isinstance(outcome["unchanged"], bool), outcome
+    for key in ("commit_before", "commit_after"):
+        assert outcome[key] is None or GIT_ID.match(outcome[key]), f"{key} is not a commit id: {outcome}"
+    assert outcome["error"] is None or (isinstance(outcome["error"], str) and outcome["error"].strip()), outcome
+    return outcome
+
+
+def counts(outcome: dict, *keys: str) -> dict:
+    """The outcome's values for `keys`, to compare several counts in one assertion."""
+    return {key: outcome[key] for key in keys}
+
+
+def import_response(appliance: "Appliance", repository_id: int, body: dict | None = None,
+                    as_user: str = "alice") -> requests.Response:
+    """Ruleyard's `POST /api/yara/repositories/{id}/import/` with a JSON body (`{}`: every file)."""
+    return appliance.post(f"/api/yara/repositories/{repository_id}/import/", as_user=as_user,
+                          json={} if body is None else body)
+
+
+def import_repository(appliance: "Appliance", repository_id: int, body: dict | None = None,
+                      as_user: str = "alice") -> dict:
+    """Imports through Ruleyard's own endpoint; checks the 200 answer and returns the outcome."""
+    response = import_response(appliance, repository_id, body, as_user)
+    outcome = check_outcome(expect_status(response, 200), repository_id)
+    assert outcome["error"] is None, describe(response)
+    assert outcome["commit_after"] is not None, f"an import reads a commit: {describe(response)}"
+    return outcome
+
+
+def repository_files(appliance: "Appliance", repository_id: int) -> dict[str, dict]:
+    """Ruleyard's `GET /api/yara/repositories/{id}/files/`, every page, as a dict by path."""
+    items, page = [], 1
+    while True:
+        response = appliance.get(f"/api/yara/repositories/{repository_id}/files/",
+                                 params={"page": page, "page_size": 1000})
+        body = expect_status(response, 200)
+        items.extend(body["results"])
+        if not body["next"]:
+            assert len(items) == body["count"], f"count {body['count']} but {len(items)} files listed"
+            break
+        page += 1
+    for item in items:
+        assert FILE_FIELDS <= item.keys(), f"file lacks fields {FILE_FIELDS - item.keys()}: {item}"
+        assert item["state"] in FILE_STATES, f"unknown file state: {item}"
+        assert GIT_ID.match(item["blob_sha"] or ""), f"blob_sha is not a git object id: {item}"
+        if item["state"] == "imported":
+            assert isinstance(item["ruleset"], str) and item["ruleset"], f"an imported file names its ruleset: {item}"
+        elif item["state"] != "removed_upstream":
+            assert item["ruleset"] is None, f"a file that is not imported has no ruleset: {item}"
+    by_path = {item["path"]: item for item in items}
+    assert len(by_path) == len(items), f"a file is listed twice: {items}"
+    return by_path
+
+
+def repository_rulesets(client: A1000, repository_id: int) -> dict[str, dict]:
+    """The rulesets the v2 list shows as coming from the repository, by name."""
+    return {name: item for name, item in list_rulesets(client, "all").items()
+            if item["repository"] == repository_id}
 
 
 # --- rulesets ------------------------------------------------------------------------------------

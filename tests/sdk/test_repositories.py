@@ -1,19 +1,24 @@
-"""The YARA repository methods of ReversingLabs.SDK.a1000.A1000 against a real Ruleyard server.
+"""The YARA repository methods of ReversingLabs.SDK.a1000.A1000 against a real Ruleyard server, and
+Ruleyard's own import endpoint and file index (ext).
 
-Contract: API.md sections 1, 2 and 9. Every test makes its own names and upstreams, so the tests
-do not depend on each other or on their order; listings are checked relative to what a test made.
+Contract: API.md sections 1, 2 and 9; BEHAVIOUR.md section 2 for imports. Every test makes its own
+names and upstreams, so the tests do not depend on each other or on their order; listings are checked
+relative to what a test made. Update runs are tested in test_update_job.py, on a server of their own.
 """
 
 import math
+import uuid
 from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from ReversingLabs.SDK.helper import BadRequestError, ForbiddenError, NotFoundError
 
-from support import (MASKED_TOKEN, REPOSITORY_FIELDS, SYSTEM_REPOSITORY_URL, create_repository, describe,
-                     expect_error, expect_error_response, expect_status, find_repository, list_repositories,
-                     parse_timestamp, unique)
+from support import (FIXTURE_RULE_PATH, MASKED_TOKEN, REPOSITORY_FIELDS, SYSTEM_REPOSITORY_URL, check_diagnostics,
+                     counts, create_repository, create_ruleset, describe, errors_of, expect_error,
+                     expect_error_response, expect_status, find_repository, import_repository, import_response,
+                     list_repositories, list_rulesets, parse_timestamp, repository_files, repository_rulesets,
+                     rule_text, save_ruleset, unique, wait_for_ruleset)
 
 
 def system_repository(client) -> dict:
@@ -373,3 +378,194 @@ def test_nobody_deletes_the_system_repository(alice, admin, who):
 
 def test_delete_of_an_unknown_id_is_404(alice):
     expect_error(NotFoundError, alice.delete_yara_repository, 2_000_000_000)
+
+
+def imported_rulesets(appliance, repository_id: int) -> list[str]:
+    """Imports the repository through Ruleyard's own import endpoint; returns its rulesets' names."""
+    import_repository(appliance, repository_id)
+    names = list(repository_rulesets(appliance.alice, repository_id))
+    assert len(names) == 1, f"the upstream has one rule file, so one ruleset; got {names}"
+    wait_for_ruleset(appliance.alice, names[0], "active")
+    return names
+
+
+@pytest.mark.parametrize("who", ["alice", "admin"])
+def test_delete_keeps_rulesets_as_local_rulesets_of_the_owner(sync_off, upstreams, who):
+    repository_id = create_repository(sync_off.alice, upstreams.new())
+    names = imported_rulesets(sync_off, repository_id)
+
+    expect_status(sync_off.clients[who].delete_yara_repository(repository_id, remove_rulesets=False), 200)
+
+    remaining = {name: item for name, item in list_rulesets(sync_off.alice, "all").items() if name in names}
+    assert remaining.keys() == set(names), "rulesets must stay when shouldRemoveRulesets is false"
+    for item in remaining.values():
+        assert item["owner"] == "alice", f"a kept ruleset belongs to the repository's owner: {item}"
+        assert item["repository"] is None, f"a kept ruleset becomes local: {item}"
+        assert item["status"] == "active", f"a kept ruleset stays active: {item}"
+    # A local ruleset of hers: she updates it like any upload.
+    assert save_ruleset(sync_off.alice, names[0], rule_text(), 200)["revision"] == 2
+
+
+def test_delete_with_remove_rulesets_removes_them(sync_off, upstreams):
+    repository_id = create_repository(sync_off.alice, upstreams.new())
+    names = imported_rulesets(sync_off, repository_id)
+
+    expect_status(sync_off.alice.delete_yara_repository(repository_id, remove_rulesets=True), 200)
+
+    assert not list_rulesets(sync_off.alice, "all").keys() & set(names)
+    expect_error(NotFoundError, sync_off.alice.get_yara_ruleset_contents, names[0])
+
+
+# --- import (ext) --------------------------------------------------------------------------------
+
+def marker() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def test_import_of_every_file_answers_with_the_outcome(sync_off, upstreams):
+    tag = marker()
+    one, two = f"rules/{tag}_one.yara", f"rules/{tag}_two.yar"
+    url = upstreams.create({one: rule_text(), two: rule_text(rules=2), "README.md": "Rules.\n"})
+    name = unique("import")
+    repository_id = create_repository(sync_off.alice, url, name)
+
+    outcome = import_repository(sync_off, repository_id)
+    assert (outcome["name"], outcome["commit_before"]) == (name, None), outcome
+    assert counts(outcome, "files_added", "files_changed", "files_removed", "rule_files", "skipped_files",
+                  "rulesets_created", "revisions_created", "invalid_revisions") == \
+        {"files_added": 2, "files_changed": 0, "files_removed": 0, "rule_files": 2, "skipped_files": 0,
+         "rulesets_created": 2, "revisions_created": 2, "invalid_revisions": 0}, outcome
+
+    rulesets = repository_rulesets(sync_off.alice, repository_id)
+    names = {item["source_path"]: ruleset for ruleset, item in rulesets.items()}
+    assert names == {one: f"{tag}_one", two: f"{tag}_two"}, f"a ruleset is named after its file's stem: {rulesets}"
+    assert all(item["owner"] == "alice" for item in rulesets.values()), rulesets
+    files = repository_files(sync_off, repository_id)
+    assert files.keys() == {one, two}, f"only rule files are listed: {files}"
+    for path, item in files.items():
+        assert (item["state"], item["ruleset"], item["reason"]) == ("imported", names[path], None), item
+    wait_for_ruleset(sync_off.alice, names[one], "active", revision=1, rule_count=1)
+    wait_for_ruleset(sync_off.alice, names[two], "active", revision=1, rule_count=2)
+
+    # Nothing changed upstream: the same commit, no ruleset and no revision.
+    again = import_repository(sync_off, repository_id)
+    assert again["commit_before"] == again["commit_after"] == outcome["commit_after"], again
+    assert counts(again, "files_added", "files_changed", "rulesets_created", "revisions_created") == \
+        {"files_added": 0, "files_changed": 0, "rulesets_created": 0, "revisions_created": 0}, again
+    assert repository_rulesets(sync_off.alice, repository_id).keys() == rulesets.keys()
+    assert [item["revision"] for item in sync_off.revisions(names[one])] == [1]
+
+
+def test_import_of_given_paths_imports_only_them(sync_off, upstreams):
+    tag = marker()
+    one, two = f"rules/{tag}_one.yara", f"rules/{tag}_two.yara"
+    repository_id = create_repository(sync_off.alice, upstreams.create({one: rule_text(), two: rule_text()}))
+
+    outcome = import_repository(sync_off, repository_id, {"paths": [one]})
+    assert counts(outcome, "rulesets_created", "revisions_created") == \
+        {"rulesets_created": 1, "revisions_created": 1}, outcome
+    assert [item["source_path"] for item in repository_rulesets(sync_off.alice, repository_id).values()] == [one]
+    files = repository_files(sync_off, repository_id)
+    assert {path: item["state"] for path, item in files.items()} == {one: "imported", two: "available"}, files
+
+    # Without paths: every file, so the rest.
+    assert import_repository(sync_off, repository_id)["rulesets_created"] == 1
+    files = repository_files(sync_off, repository_id)
+    assert {path: item["state"] for path, item in files.items()} == {one: "imported", two: "imported"}, files
+
+
+def test_import_of_a_path_not_in_the_repository_is_400(sync_off, upstreams):
+    repository_id = create_repository(sync_off.alice, upstreams.new())
+    response = import_response(sync_off, repository_id, {"paths": [FIXTURE_RULE_PATH, "rules/missing.yara"]})
+    body = expect_status(response, 400)
+    assert isinstance(body.get("code"), str) and body["code"], describe(response)
+    assert "paths" in body.get("errors", {}), f"errors should name the field: {describe(response)}"
+    assert repository_rulesets(sync_off.alice, repository_id) == {}, "a refused import imports nothing"
+
+
+def test_regular_user_cannot_import_another_users_repository(sync_off, upstreams):
+    repository_id = create_repository(sync_off.bob, upstreams.new())
+    response = import_response(sync_off, repository_id, as_user="alice")
+    body = expect_status(response, 403)
+    assert isinstance(body.get("code"), str) and body["code"], describe(response)
+    assert repository_rulesets(sync_off.bob, repository_id) == {}
+
+
+def test_import_of_an_unknown_repository_is_404(sync_off):
+    response = import_response(sync_off, 2_000_000_000)
+    assert response.status_code == 404, describe(response)
+
+
+def test_import_maps_rule_files_to_rulesets(sync_off, upstreams, tmp_path):
+    """BEHAVIOUR.md 2: names, extensions, index files, includes from the same commit, skipped files."""
+    tag = marker()
+    outside = tmp_path / "outside.yara"  # valid: reading it from the server's disk would make a valid ruleset
+    outside.write_text("rule outside_rule { condition: true }\n")
+    paths = {
+        "renamed": f"rules/{tag}.Ransom ware.YAR",
+        "base": f"lib/{tag}_base.yara",
+        "uses": f"rules/{tag}_uses.yara",
+        "index": f"rules/{tag}_index.yara",
+        "missing": f"rules/{tag}_missing.yara",
+        "escape": f"rules/{tag}_escape.yara",
+        "absolute": f"rules/{tag}_absolute.yara",
+        "latin1": f"rules/{tag}_latin1.yara",
+    }
+    url = upstreams.create({
+        paths["renamed"]: rule_text(),
+        paths["base"]: f"rule base_{tag} {{\n    condition:\n        true\n}}\n",
+        paths["uses"]: f'include "../lib/{tag}_base.yara"\n\nrule uses_{tag} {{\n    condition: base_{tag}\n}}\n',
+        paths["index"]: f'// Every rule.\ninclude "{tag}_uses.yara"\ninclude "../lib/{tag}_base.yara"\n',
+        paths["missing"]: 'include "nowhere.yara"\n\nrule missing_include { condition: true }\n',
+        paths["escape"]: 'include "../../outside.yara"\n\nrule escaping_include { condition: outside_rule }\n',
+        paths["absolute"]: f'include "{outside}"\n\nrule absolute_include {{ condition: outside_rule }}\n',
+        paths["latin1"]: b'rule latin1 { strings: $a = "caf\xe9" condition: $a }\n',
+        "README.md": "Not a rule file.\n",
+        f"rules/{tag}_notes.txt": "rule not_a_rule_file { condition: true }\n",
+    })
+    repository_id = create_repository(sync_off.alice, url)
+
+    outcome = import_repository(sync_off, repository_id)
+    assert counts(outcome, "rulesets_created", "revisions_created", "invalid_revisions", "skipped_files") == \
+        {"rulesets_created": 6, "revisions_created": 6, "invalid_revisions": 3, "skipped_files": 1}, outcome
+
+    files = repository_files(sync_off, repository_id)
+    assert files.keys() == set(paths.values()), f"only .yar and .yara files, in any case, are listed: {files}"
+    states = {kind: files[path]["state"] for kind, path in paths.items()}
+    assert states == {"renamed": "imported", "base": "imported", "uses": "imported", "index": "index",
+                      "missing": "imported", "escape": "imported", "absolute": "imported", "latin1": "skipped"}
+    assert isinstance(files[paths["latin1"]]["reason"], str) and files[paths["latin1"]]["reason"], files
+    names = {item["source_path"]: name for name, item in repository_rulesets(sync_off.alice, repository_id).items()}
+    assert names.keys() == {path for kind, path in paths.items() if states[kind] == "imported"}, names
+    assert names[paths["renamed"]] == f"{tag}_Ransom_ware", "the stem, with characters outside [A-Za-z0-9_-] as _"
+    assert names[paths["uses"]] == f"{tag}_uses"
+
+    # An include is resolved from the same commit of the same repository.
+    wait_for_ruleset(sync_off.alice, names[paths["base"]], "active")
+    wait_for_ruleset(sync_off.alice, names[paths["uses"]], "active")
+    # Nothing is read from outside the repository, the server's disk included.
+    for kind in ("missing", "escape", "absolute"):
+        name = names[paths[kind]]
+        wait_for_ruleset(sync_off.alice, name, "invalid")
+        diagnostics = sync_off.revisions(name)[0]["diagnostics"]
+        check_diagnostics(diagnostics)
+        assert errors_of(diagnostics), f"{kind}: an invalid revision has an error diagnostic: {diagnostics}"
+
+
+def test_a_taken_name_is_prefixed_with_the_repository_name(sync_off, upstreams):
+    tag = marker()
+    stem = f"taken_{tag}"
+    create_ruleset(sync_off.bob, stem)  # another origin already has the file's name
+    first = create_repository(sync_off.alice, upstreams.create({f"{stem}.yara": rule_text()}), f"Acme rules {tag}")
+    import_repository(sync_off, first)
+    assert list(repository_rulesets(sync_off.alice, first)) == [f"Acme_rules_{tag}_{stem}"]
+
+    # Another repository whose name sanitizes the same way: the prefixed name is taken too.
+    second = create_repository(sync_off.alice, upstreams.create({f"rules/{stem}.yar": rule_text()}),
+                               f"Acme.rules {tag}")
+    import_repository(sync_off, second)
+    assert list(repository_rulesets(sync_off.alice, second)) == [f"Acme_rules_{tag}_{stem}_2"]
+
+    # The mapping from file to ruleset is stable: importing again changes no name.
+    import_repository(sync_off, first)
+    assert list(repository_rulesets(sync_off.alice, first)) == [f"Acme_rules_{tag}_{stem}"]
