@@ -117,6 +117,8 @@ pub fn router(state: AppState) -> Router {
                         request_id = %id,
                     )
                 })
+                // Failures are logged where they happen, with their detail (ApiError::internal).
+                .on_failure(())
                 .on_response(|res: &Response, latency: Duration, _span: &tracing::Span| {
                     tracing::info!(
                         status = res.status().as_u16(),

@@ -14,15 +14,18 @@ pub struct CompiledSet {
 /// here (it validated alone, so this is rare: an engine change, say) is left out and reported,
 /// and the set is compiled again without it, because YARA-X would keep its good rules. Blocking.
 pub fn compile_set(members: &[Member]) -> CompiledSet {
-    let failed = add_all(&mut super::new_compiler(), members, &[]);
     let mut compiler = super::new_compiler();
+    let failed = add_all(&mut compiler, members, &[]);
     if failed.is_empty() {
-        let _ = add_all(&mut compiler, members, &[]);
-    } else {
-        let excluded: Vec<i64> = failed.iter().map(|(id, _)| *id).collect();
-        let again = add_all(&mut compiler, members, &excluded);
-        debug_assert!(again.is_empty());
+        return CompiledSet {
+            rules: compiler.build(),
+            failed,
+        };
     }
+    let excluded: Vec<i64> = failed.iter().map(|(id, _)| *id).collect();
+    let mut compiler = super::new_compiler();
+    let again = add_all(&mut compiler, members, &excluded);
+    debug_assert!(again.is_empty());
     CompiledSet {
         rules: compiler.build(),
         failed,

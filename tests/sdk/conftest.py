@@ -2,8 +2,9 @@
 
 A session starts the real `ruleyard serve` binary once per database backend (SQLite always,
 PostgreSQL too when RULEYARD_TEST_POSTGRES_URL is set) with YARA Sync off, and, when a test asks for
-it, a second one with YARA Sync on (each server has its own data directory and database, so they are
-two independent single-node installations). It creates the users the tests act as and builds small
+it, a second one with YARA Sync on, and a third one for the update job's tests (each server has its
+own data directory and database, so they are independent single-node installations). It creates the
+users the tests act as and builds small
 `file://` git repositories for the server's connection tests and imports, and, for the update job's
 tests, a `git://` upstream that can be made to stall.
 """
@@ -69,6 +70,14 @@ class Server:
             f"stdout: {result.stdout}\nstderr: {result.stderr}"
         )
         return result
+
+    def crash_and_restart(self) -> None:
+        """Kills the server (SIGKILL: no shutdown of any kind) and starts it again on the same address, data
+        directory and database; returns once it is healthy. Its node name (host name and port) stays the same."""
+        self.process.kill()
+        self.process.wait()
+        self.process = serve(self.env, self.log_path, "ab")
+        wait_until_healthy(self.process, self.base_url, self.log_path)
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -149,23 +158,27 @@ def running_server(tmp_path_factory, backend: str, yara_sync: bool, name: str | 
         if database_url:
             env["RULEYARD_DATABASE_URL"] = database_url
         log_path = workdir / "server.log"
-        base_url = f"http://127.0.0.1:{port}"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen([str(binary), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL)
+        started = Server(
+            backend=backend,
+            yara_sync=yara_sync,
+            base_url=f"http://127.0.0.1:{port}",
+            env=env,
+            log_path=log_path,
+            admin_password=env["RULEYARD_ADMIN_PASSWORD"],
+            process=serve(env, log_path, "wb"),
+        )
         try:
-            wait_until_healthy(process, base_url, log_path)
-            yield Server(
-                backend=backend,
-                yara_sync=yara_sync,
-                base_url=base_url,
-                env=env,
-                log_path=log_path,
-                admin_password=env["RULEYARD_ADMIN_PASSWORD"],
-                process=process,
-            )
+            wait_until_healthy(started.process, started.base_url, log_path)
+            yield started
         finally:
-            stop(process)
+            stop(started.process)  # the one running now: a test may have restarted it
+
+
+def serve(env: dict, log_path: Path, mode: str) -> subprocess.Popen:
+    with open(log_path, mode) as log:
+        return subprocess.Popen([str(server_binary()), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -15,7 +15,7 @@ import pytest
 from ReversingLabs.SDK.helper import BadRequestError, ForbiddenError, NotFoundError
 
 from support import (FIXTURE_RULE_PATH, MASKED_TOKEN, REPOSITORY_FIELDS, SYSTEM_REPOSITORY_URL, check_diagnostics,
-                     counts, create_repository, create_ruleset, describe, errors_of, expect_error,
+                     check_outcome, counts, create_repository, create_ruleset, describe, errors_of, expect_error,
                      expect_error_response, expect_status, find_repository, import_repository, import_response,
                      list_repositories, list_rulesets, parse_timestamp, repository_files, repository_rulesets,
                      rule_text, save_ruleset, unique, wait_for_ruleset)
@@ -456,14 +456,24 @@ def test_import_of_every_file_answers_with_the_outcome(sync_off, upstreams):
     assert [item["revision"] for item in sync_off.revisions(names[one])] == [1]
 
 
-def test_import_of_given_paths_imports_only_them(sync_off, upstreams):
+# API.md 1.2: every body is accepted as JSON, form data or multipart form data.
+PATHS_BODIES = {
+    "json": lambda paths: {"json": {"paths": paths}},
+    "form": lambda paths: {"data": {"paths": paths}},
+    "multipart": lambda paths: {"files": [("paths", (None, path)) for path in paths]},
+}
+
+
+@pytest.mark.parametrize("encoding", PATHS_BODIES)
+def test_import_of_given_paths_imports_only_them(sync_off, upstreams, encoding):
     tag = marker()
     one, two = f"rules/{tag}_one.yara", f"rules/{tag}_two.yara"
     repository_id = create_repository(sync_off.alice, upstreams.create({one: rule_text(), two: rule_text()}))
 
-    outcome = import_repository(sync_off, repository_id, {"paths": [one]})
-    assert counts(outcome, "rulesets_created", "revisions_created") == \
-        {"rulesets_created": 1, "revisions_created": 1}, outcome
+    response = sync_off.post(f"/api/yara/repositories/{repository_id}/import/", **PATHS_BODIES[encoding]([one]))
+    outcome = check_outcome(expect_status(response, 200), repository_id)
+    assert counts(outcome, "rulesets_created", "revisions_created", "error") == \
+        {"rulesets_created": 1, "revisions_created": 1, "error": None}, describe(response)
     assert [item["source_path"] for item in repository_rulesets(sync_off.alice, repository_id).values()] == [one]
     files = repository_files(sync_off, repository_id)
     assert {path: item["state"] for path, item in files.items()} == {one: "imported", two: "available"}, files
@@ -472,6 +482,16 @@ def test_import_of_given_paths_imports_only_them(sync_off, upstreams):
     assert import_repository(sync_off, repository_id)["rulesets_created"] == 1
     files = repository_files(sync_off, repository_id)
     assert {path: item["state"] for path, item in files.items()} == {one: "imported", two: "imported"}, files
+
+
+def test_import_without_a_body_imports_every_file(sync_off, upstreams):
+    # As the SDK's action POSTs do: no body and no Content-Type.
+    tag = marker()
+    one, two = f"rules/{tag}_one.yara", f"rules/{tag}_two.yara"
+    repository_id = create_repository(sync_off.alice, upstreams.create({one: rule_text(), two: rule_text()}))
+    response = sync_off.post(f"/api/yara/repositories/{repository_id}/import/")
+    assert check_outcome(expect_status(response, 200), repository_id)["rulesets_created"] == 2, describe(response)
+    assert {item["source_path"] for item in repository_rulesets(sync_off.alice, repository_id).values()} == {one, two}
 
 
 def test_import_of_a_path_not_in_the_repository_is_400(sync_off, upstreams):

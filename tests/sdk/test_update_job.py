@@ -420,6 +420,34 @@ def test_a_second_run_while_one_is_alive_is_409(job, upstreams, stalling_upstrea
     assert [item["id"] for item in runs_page(job)["results"][:2]] == [after["id"], run_id]
 
 
+def test_a_run_cut_short_by_a_crash_is_interrupted_when_the_node_starts_again(job, stalling_upstream):
+    stalled = create_repository(job.alice, stalling_upstream.url, import_update_preferences=1)
+    stalling_upstream.stall()
+    run_id = start_run(job)
+    stalling_upstream.wait_for_connection(timeout=10)
+
+    job.server.crash_and_restart()
+    deadline = time.monotonic() + 10
+    while (run := get_run(job, run_id))["state"] == "running":
+        if time.monotonic() > deadline:
+            pytest.fail(f"the run cut short by the crash is still running 10s after the restart: {run}")
+        time.sleep(POLL_INTERVAL_SECONDS)
+    assert run["state"] == "interrupted", run
+    assert job_status(job)["running"] is None
+
+    # The dead run's lease lapses at the latest after RULEYARD_JOB_LEASE_SECONDS: then a run starts.
+    expect_status(job.alice.delete_yara_repository(stalled, remove_rulesets=True), 200)
+    deadline = time.monotonic() + JOB_LEASE_SECONDS + 5
+    while True:
+        response = job.post("/api/yara/update/run/", as_user="admin")
+        if response.status_code != 409 or time.monotonic() > deadline:
+            break
+        time.sleep(POLL_INTERVAL_SECONDS)
+    after = wait_for_run(job, expect_status(response, 200)["run_id"])
+    assert after["state"] == "succeeded", after
+    assert get_run(job, run_id)["state"] == "interrupted", "a later run does not rewrite an interrupted one"
+
+
 def test_runs_are_listed_newest_first_in_pages(job):
     ids = [run_to_end(job)["id"] for _ in range(3)]
     assert ids == sorted(ids) and len(set(ids)) == 3, ids
