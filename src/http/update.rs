@@ -47,9 +47,9 @@ pub async fn set_interval(
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Value>> {
     superuser(&user)?;
-    let seconds: u64 = raw
-        .parse()
-        .ok()
+    let seconds: u64 = Some(raw.as_str())
+        .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|r| r.parse().ok())
         .filter(|s| *s <= MAX_INTERVAL)
         .ok_or_else(|| {
             ApiError::bad_request(

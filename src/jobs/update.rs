@@ -119,12 +119,14 @@ impl UpdateJob {
         })
     }
 
-    /// At start: runs this node left `running` were cut short.
+    /// At start: runs this node left `running` were cut short, and the leases its earlier
+    /// process held are released rather than left to lapse.
     pub async fn recover(&self) -> StoreResult<()> {
         let n = self.store.interrupt_runs_of(&self.node).await?;
         if n > 0 {
             tracing::warn!(runs = n, "runs cut short by a restart marked interrupted");
         }
+        self.store.release_leases_of_node(&self.node).await?;
         Ok(())
     }
 
@@ -180,12 +182,13 @@ impl UpdateJob {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(job.lease / 3).await;
+                    // The job's lease and the leases of the repositories it works on.
                     match store
-                        .renew_lease(JOB_LEASE, &holder, job.expiry(Duration::ZERO))
+                        .renew_leases(&holder, job.expiry(Duration::ZERO))
                         .await
                     {
-                        Ok(true) => {}
-                        Ok(false) => {
+                        Ok(n) if n > 0 => {}
+                        Ok(_) => {
                             tracing::error!(run = run_id, "the update job lost its lease");
                             break;
                         }

@@ -360,9 +360,20 @@ impl SqlStore {
         if !taken {
             return Ok(None);
         }
-        Ok(Some(previous.and_then(|(h, run, _)| {
-            (h != holder).then_some(run).flatten()
-        })))
+        // A released lease has expiry 0; a lapsed one kept its expiry: its holder died, so the
+        // other leases it held (its repositories) are released with it.
+        match previous {
+            Some((previous_holder, run, expires_at))
+                if previous_holder != holder && expires_at > 0 =>
+            {
+                sqlx::query("UPDATE leases SET expires_at = 0 WHERE holder = $1")
+                    .bind(previous_holder)
+                    .execute(self.pool())
+                    .await?;
+                Ok(Some(run))
+            }
+            _ => Ok(Some(None)),
+        }
     }
 
     pub(super) async fn q_set_lease_run(
@@ -380,22 +391,27 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn q_renew_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        expires_at: i64,
-    ) -> StoreResult<bool> {
+    pub(super) async fn q_renew_leases(&self, holder: &str, expires_at: i64) -> StoreResult<u64> {
         Ok(
-            sqlx::query("UPDATE leases SET expires_at = $1 WHERE name = $2 AND holder = $3")
+            sqlx::query("UPDATE leases SET expires_at = $1 WHERE holder = $2 AND expires_at > 0")
                 .bind(expires_at)
-                .bind(name)
                 .bind(holder)
                 .execute(self.pool())
                 .await?
-                .rows_affected()
-                > 0,
+                .rows_affected(),
         )
+    }
+
+    pub(super) async fn q_release_leases_of_node(&self, node: &str) -> StoreResult<u64> {
+        let prefix = format!("{node}#");
+        Ok(sqlx::query(
+            "UPDATE leases SET expires_at = 0 WHERE substr(holder, 1, length($1)) = $1 \
+             AND expires_at > 0",
+        )
+        .bind(prefix)
+        .execute(self.pool())
+        .await?
+        .rows_affected())
     }
 
     pub(super) async fn q_release_lease(&self, name: &str, holder: &str) -> StoreResult<()> {

@@ -176,8 +176,10 @@ pub trait Store: Send + Sync + 'static {
         expires_at: i64,
     ) -> StoreResult<Option<Option<i64>>>;
     async fn set_lease_run(&self, name: &str, holder: &str, run_id: i64) -> StoreResult<()>;
-    /// Extends a lease this holder has; false when it lost it.
-    async fn renew_lease(&self, name: &str, holder: &str, expires_at: i64) -> StoreResult<bool>;
+    /// Extends every lease this holder has; returns how many it still had.
+    async fn renew_leases(&self, holder: &str, expires_at: i64) -> StoreResult<u64>;
+    /// Releases the leases a node's earlier process left (it restarted).
+    async fn release_leases_of_node(&self, node: &str) -> StoreResult<u64>;
     async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()>;
 }
 

@@ -533,8 +533,12 @@ impl Store for SqlStore {
         self.q_set_lease_run(name, holder, run_id).await
     }
 
-    async fn renew_lease(&self, name: &str, holder: &str, expires_at: i64) -> StoreResult<bool> {
-        self.q_renew_lease(name, holder, expires_at).await
+    async fn renew_leases(&self, holder: &str, expires_at: i64) -> StoreResult<u64> {
+        self.q_renew_leases(holder, expires_at).await
+    }
+
+    async fn release_leases_of_node(&self, node: &str) -> StoreResult<u64> {
+        self.q_release_leases_of_node(node).await
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()> {

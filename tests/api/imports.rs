@@ -506,7 +506,7 @@ async fn the_cadence_is_persisted_and_takes_effect_at_once(backend: Backend) {
     assert_eq!(status["interval_seconds"], 600);
     assert_eq!(status["enabled"], true);
     assert!(status["next_run_at"].is_string());
-    for bad in ["-1", "abc", "2592001", "1.5"] {
+    for bad in ["-1", "abc", "2592001", "1.5", "+5"] {
         expect_error(
             post(
                 format!("/api/yara/update/set-interval/{bad}"),

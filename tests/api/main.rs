@@ -2,12 +2,14 @@
 //! git servers on loopback.
 
 mod helpers;
+mod process;
 mod upstream;
 
 mod auth;
 mod compat;
 mod corpus;
 mod imports;
+mod nodes;
 mod repositories;
 mod rulesets;
 mod secrets;

@@ -2,35 +2,16 @@
 //! database, the logs, or a response — after create, update, list and a failed connection test.
 //! Runs the real binary as a process so that its whole log output is captured.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
 use crate::backend_tests;
-use crate::helpers::{ADMIN_PASSWORD, Backend, TestDatabase, contains, files_below};
+use crate::helpers::{Backend, TestDatabase, contains, files_below};
+use crate::process::{ServerProcess, node_env, ruleyard};
 use crate::upstream::{AuthGitServer, Upstreams};
 
 backend_tests!(access_tokens_never_appear_in_plain_text);
-
-struct Server {
-    child: Child,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn ruleyard(envs: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ruleyard"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())));
-    cmd
-}
 
 async fn access_tokens_never_appear_in_plain_text(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
@@ -39,45 +20,17 @@ async fn access_tokens_never_appear_in_plain_text(backend: Backend) {
         Backend::Postgres => Some(TestDatabase::create().await),
         Backend::Sqlite => None,
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut envs = vec![
-        ("RULEYARD_LISTEN", format!("127.0.0.1:{port}")),
-        ("RULEYARD_DATA_DIR", data.path().display().to_string()),
-        ("RULEYARD_ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
-        ("RULEYARD_LOG", "debug".to_owned()),
-        ("RULEYARD_CONNECT_TIMEOUT_SECONDS", "5".to_owned()),
-    ];
-    if let Some(db) = &database {
-        envs.push(("RULEYARD_DATABASE_URL", db.url.clone()));
-    }
-    let log_path = |name: &str| logs.path().join(name);
-    let mut server = Server {
-        child: ruleyard(&envs)
-            .arg("serve")
-            .stdout(std::fs::File::create(log_path("serve.out")).unwrap())
-            .stderr(std::fs::File::create(log_path("serve.err")).unwrap())
-            .spawn()
-            .expect("start ruleyard serve"),
-    };
-    let base = format!("http://127.0.0.1:{port}");
+    let envs = node_env(
+        data.path(),
+        database.as_ref().map(|d| d.url.as_str()),
+        &[
+            ("RULEYARD_LOG", "debug"),
+            ("RULEYARD_CONNECT_TIMEOUT_SECONDS", "5"),
+        ],
+    );
+    let server = ServerProcess::start(envs.clone(), logs.path(), "serve").await;
+    let base = server.base.clone();
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(res) = client.get(format!("{base}/healthz")).send().await
-            && res.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the server did not start");
-        if let Ok(Some(status)) = server.child.try_wait() {
-            panic!("the server exited: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     // A user and a token made with the command line, as an operator would.
     let mut create = ruleyard(&envs)
