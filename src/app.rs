@@ -17,7 +17,7 @@ use crate::config::Settings;
 use crate::domain::{Branch, ImportPreference, NewRepository, RepoUrl, RepositoryName, Username};
 use crate::http::compat::NormalizePathLayer;
 use crate::jobs::{Importer, UpdateJob};
-use crate::rules::ActiveRules;
+use crate::rules::{ActiveRules, ScanPool};
 use crate::rulesets::{Activator, Rulesets};
 use crate::secrets::{KEY_CHECK_SETTING, SecretBox};
 use crate::store::{self, Store, StoreError};
@@ -30,6 +30,7 @@ pub struct AppState {
     pub secrets: Arc<SecretBox>,
     pub rulesets: Arc<Rulesets>,
     pub update_job: Arc<UpdateJob>,
+    pub scans: Arc<ScanPool>,
 }
 
 /// A started application, bound to its address.
@@ -78,6 +79,9 @@ pub async fn open_state(settings: Settings) -> anyhow::Result<AppState> {
         secrets,
         rulesets,
         update_job,
+        scans: Arc::new(ScanPool::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        )),
     })
 }
 

@@ -5,6 +5,7 @@
 pub mod import;
 pub mod repository;
 pub mod ruleset;
+pub mod sample;
 pub mod time;
 pub mod user;
 
@@ -17,5 +18,6 @@ pub use ruleset::{
     Author, Diagnostic, GenerationMember, Member, NewRevision, Origin, Revision, Ruleset,
     RulesetName, RulesetStatus, SavedRevision, StoredGeneration, ValidationOutcome,
 };
+pub use sample::{MatchRecord, MatchStats, Sample};
 pub use time::Timestamp;
 pub use user::{User, Username};

@@ -9,12 +9,13 @@ pub mod ops;
 pub mod publish;
 pub mod repositories;
 pub mod rulesets;
+pub mod scan;
 pub mod update;
 
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
@@ -70,6 +71,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/yara/publish/ruleset/{name}", post(publish::one))
         .route("/api/yara/publish/{name}", post(publish::one))
         .route("/api/yara/sync", get(publish::sync))
+        .route("/api/yara/scan", post(scan::scan))
+        .route("/api/yara/v2/ruleset/matches", get(scan::matches))
         .route("/api/yara/update", get(update::status))
         .route(
             "/api/yara/update/set-interval/{seconds}",
@@ -97,6 +100,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/api-token-auth", post(auth::obtain_token))
         .merge(api)
+        // Bodies are read with their own limits (API.md 1.2 and 6), not axum's default.
+        .layer(DefaultBodyLimit::disable())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(|_| {

@@ -14,6 +14,8 @@ use crate::domain::{Revision, Ruleset};
 use crate::rules::LoadedGeneration;
 use crate::rulesets::{self, RulesetError};
 
+type Stats = std::collections::HashMap<i64, crate::domain::MatchStats>;
+
 impl From<RulesetError> for ApiError {
     fn from(e: RulesetError) -> Self {
         match e {
@@ -43,18 +45,19 @@ impl From<RulesetError> for ApiError {
     }
 }
 
-fn item(ruleset: &Ruleset, generation: Option<&LoadedGeneration>) -> Value {
+fn item(ruleset: &Ruleset, generation: Option<&LoadedGeneration>, stats: &Stats) -> Value {
+    let counts = stats.get(&ruleset.id).copied().unwrap_or_default();
     json!({
         "name": ruleset.name,
         "owner": ruleset.owner,
         "status": rulesets::status(ruleset, generation).as_str(),
         "system_ruleset": ruleset.is_system,
         "cloud_synced": false,
-        "last_matched": Value::Null,
-        "malicious_match_count": 0,
-        "suspicious_match_count": 0,
-        "goodware_match_count": 0,
-        "unknown_match_count": 0,
+        "last_matched": counts.last_matched,
+        "malicious_match_count": counts.malicious,
+        "suspicious_match_count": counts.suspicious,
+        "goodware_match_count": counts.goodware,
+        "unknown_match_count": counts.unknown,
         "repository": ruleset.repository_id,
         "source_path": ruleset.source_path,
         "revision": ruleset.latest_revision,
@@ -102,6 +105,7 @@ pub async fn list(
     }
     let generation = state.rulesets.current_generation();
     let all = state.store.rulesets().await?;
+    let stats = state.store.match_stats().await?;
     let selected: Vec<Value> = all
         .iter()
         .filter(|r| match kind {
@@ -115,7 +119,7 @@ pub async fn list(
         .filter(|r| {
             status == "all" || rulesets::status(r, generation.as_deref()).as_str() == status
         })
-        .map(|r| item(r, generation.as_deref()))
+        .map(|r| item(r, generation.as_deref(), &stats))
         .collect();
     let count = selected.len() as i64;
     let mut body = if page.page.is_none() {
@@ -270,7 +274,8 @@ pub async fn detail(
     let ruleset = state.rulesets.get(&name).await?;
     let generation = state.rulesets.current_generation();
     let latest = latest(&state, &ruleset).await?;
-    let mut body = item(&ruleset, generation.as_deref());
+    let stats = state.store.match_stats().await?;
+    let mut body = item(&ruleset, generation.as_deref(), &stats);
     body["enabled"] = json!(ruleset.enabled);
     body["removed_upstream"] = json!(ruleset.removed_upstream);
     body["created_at"] = json!(ruleset.created_at);

@@ -17,6 +17,8 @@ pub struct LoadedGeneration {
     pub failed: HashMap<i64, String>,
     /// The published set (ruleset id to revision number) this generation was built from.
     pub inputs: BTreeMap<i64, i64>,
+    /// Namespace (ruleset name) to ruleset id, for the matches a scan reports.
+    pub ruleset_ids: HashMap<String, i64>,
 }
 
 impl std::fmt::Debug for LoadedGeneration {

@@ -5,10 +5,12 @@
 
 pub mod active;
 pub mod generation;
+pub mod scan;
 pub mod validate;
 
 pub use active::{ActiveRules, LoadedGeneration};
 pub use generation::{CompiledSet, Member, compile_set, first_error_message};
+pub use scan::{RuleMatch, ScanGlobals, ScanOutcome, ScanPool, classify};
 pub use validate::{EXTERNALS, contains_include, validate};
 
 /// The YARA-X version that compiles here; stored with every compiled artifact.

@@ -105,6 +105,10 @@ impl Activator {
                 .collect(),
             failed: compiled.failed.into_iter().collect(),
             inputs: wanted,
+            ruleset_ids: stored_members
+                .iter()
+                .map(|m| (m.ruleset.clone(), m.ruleset_id))
+                .collect(),
         };
         tracing::info!(
             generation = number,
@@ -147,6 +151,7 @@ impl Activator {
                             .map(|m| (m.ruleset_id, m.revision))
                             .collect(),
                         inputs: inputs_of(&stored),
+                        ruleset_ids: ruleset_ids_of(&stored),
                         failed: stored.failed.into_iter().collect(),
                     });
                 }
@@ -160,6 +165,7 @@ impl Activator {
             );
         }
         let inputs = inputs_of(&stored);
+        let ruleset_ids = ruleset_ids_of(&stored);
         let ids: Vec<i64> = stored.members.iter().map(|m| m.revision_id).collect();
         let members = self.store.members_by_revision(&ids).await?;
         let compiled = tokio::task::spawn_blocking(move || rules::compile_set(&members)).await?;
@@ -177,6 +183,7 @@ impl Activator {
                 .collect(),
             failed,
             inputs,
+            ruleset_ids,
         })
     }
 }
@@ -188,6 +195,13 @@ fn member_meta(m: &Member) -> GenerationMember {
         revision_id: m.revision_id,
         revision: m.revision,
     }
+}
+
+fn ruleset_ids_of(g: &StoredGeneration) -> HashMap<String, i64> {
+    g.members
+        .iter()
+        .map(|m| (m.ruleset.clone(), m.ruleset_id))
+        .collect()
 }
 
 /// The published set a stored generation was built from. Failed members were not stored with

@@ -7,15 +7,16 @@
 mod imports;
 mod postgres;
 mod rulesets;
+mod samples;
 mod sql;
 mod sqlite;
 
 use async_trait::async_trait;
 
 use crate::domain::{
-    FileRecord, GenerationMember, ImportApplied, ImportBatch, Member, NewRepository, NewRevision,
-    RepoOutcome, Repository, RepositoryFilter, Revision, Ruleset, SavedRevision, StoredGeneration,
-    UpdateRun, User, Username,
+    FileRecord, GenerationMember, ImportApplied, ImportBatch, MatchRecord, MatchStats, Member,
+    NewRepository, NewRevision, RepoOutcome, Repository, RepositoryFilter, Revision, Ruleset,
+    Sample, SavedRevision, StoredGeneration, UpdateRun, User, Username,
 };
 
 pub use sql::SqlStore;
@@ -181,6 +182,17 @@ pub trait Store: Send + Sync + 'static {
     /// Releases the leases a node's earlier process left (it restarted).
     async fn release_leases_of_node(&self, node: &str) -> StoreResult<u64>;
     async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()>;
+
+    /// Records a scanned sample and the rules that matched it (one transaction).
+    async fn record_scan(&self, sample: &Sample, matches: &[MatchRecord]) -> StoreResult<()>;
+    /// Per ruleset: distinct matching samples per classification, and the last match.
+    async fn match_stats(&self) -> StoreResult<std::collections::HashMap<i64, MatchStats>>;
+    /// Samples that matched every one of the rulesets, newest first.
+    async fn samples_matching_all(
+        &self,
+        ruleset_ids: &[i64],
+        window: Option<(i64, i64)>,
+    ) -> StoreResult<Page<Sample>>;
 }
 
 /// Opens the store the settings name, creating the data directory and applying migrations.

@@ -8,9 +8,10 @@ use sqlx::{AnyPool, Row};
 
 use super::{Backend, Page, RepositoryClash, Store, StoreError, StoreResult, SystemRepositorySpec};
 use crate::domain::{
-    FileRecord, GenerationMember, ImportApplied, ImportBatch, ImportPreference, Member,
-    NewRepository, NewRevision, RepoOutcome, Repository, RepositoryFilter, Revision, Ruleset,
-    SavedRevision, SourceType, StoredGeneration, SyncState, Timestamp, UpdateRun, User, Username,
+    FileRecord, GenerationMember, ImportApplied, ImportBatch, ImportPreference, MatchRecord,
+    MatchStats, Member, NewRepository, NewRevision, RepoOutcome, Repository, RepositoryFilter,
+    Revision, Ruleset, Sample, SavedRevision, SourceType, StoredGeneration, SyncState, Timestamp,
+    UpdateRun, User, Username,
 };
 
 #[derive(Clone)]
@@ -543,5 +544,21 @@ impl Store for SqlStore {
 
     async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()> {
         self.q_release_lease(name, holder).await
+    }
+
+    async fn record_scan(&self, sample: &Sample, matches: &[MatchRecord]) -> StoreResult<()> {
+        self.q_record_scan(sample, matches).await
+    }
+
+    async fn match_stats(&self) -> StoreResult<std::collections::HashMap<i64, MatchStats>> {
+        self.q_match_stats().await
+    }
+
+    async fn samples_matching_all(
+        &self,
+        ruleset_ids: &[i64],
+        window: Option<(i64, i64)>,
+    ) -> StoreResult<Page<Sample>> {
+        self.q_samples_matching_all(ruleset_ids, window).await
     }
 }

@@ -114,6 +114,8 @@ pub struct TestConfig {
     pub fetch_timeout_seconds: u64,
     pub update_interval_seconds: u64,
     pub rule_extensions: Option<Vec<String>>,
+    pub max_scan_bytes: Option<u64>,
+    pub scan_timeout_seconds: Option<u64>,
 }
 
 impl TestConfig {
@@ -129,6 +131,8 @@ impl TestConfig {
             fetch_timeout_seconds: 60,
             update_interval_seconds: 3600,
             rule_extensions: None,
+            max_scan_bytes: None,
+            scan_timeout_seconds: None,
         }
     }
 }
@@ -167,6 +171,8 @@ impl TestApp {
             yara_sync: Some(config.yara_sync),
             fetch_timeout_seconds: Some(config.fetch_timeout_seconds),
             update_interval_seconds: Some(config.update_interval_seconds),
+            max_scan_bytes: config.max_scan_bytes,
+            scan_timeout_seconds: config.scan_timeout_seconds,
             ..Default::default()
         };
         #[derive(serde::Serialize)]

@@ -37,97 +37,209 @@ async fn by_path(app: &TestApp, repo: i64) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// The rule files an upstream range touched: (modified, added, deleted).
+fn rule_changes(up: &Upstreams, name: &str, old: &str, new: &str) -> [BTreeSet<String>; 3] {
+    let diff = up.git_in(name, &["diff", "--name-status", "--no-renames", old, new]);
+    let mut sets: [BTreeSet<String>; 3] = Default::default();
+    for line in diff.lines() {
+        let (status, path) = line.split_once('\t').unwrap();
+        let lower = path.to_ascii_lowercase();
+        if ![".yar", ".yara", ".rule"]
+            .iter()
+            .any(|e| lower.ends_with(e))
+        {
+            continue;
+        }
+        let slot = match status {
+            "M" => 0,
+            "A" => 1,
+            "D" => 2,
+            other => panic!("unexpected diff status {other}"),
+        };
+        sets[slot].insert(path.to_owned());
+    }
+    sets
+}
+
+/// Every corpus, served by `git daemon` or by `git http-backend` behind basic authentication,
+/// imported at an older commit and then moved to HEAD: revisions exactly for the rule files
+/// that changed between the two commits, new files imported only under preference 2.
 async fn corpus_upstream_moves_forward_and_only_changed_files_get_revisions(backend: Backend) {
     let Some(dir) = corpora_dir() else {
         eprintln!("skipped: ../shared/corpora is not there");
         return;
     };
-    let app = TestApp::spawn(backend).await;
+    let mut config = TestConfig::new(backend);
+    config.rule_extensions = Some(vec![".yar".into(), ".yara".into(), ".rule".into()]);
+    let app = TestApp::spawn_with(config).await;
     let up = Upstreams::new();
-    up.clone_bundle("rl", &dir.join("reversinglabs.bundle"));
-    let head = up.git_in("rl", &["rev-parse", "develop"]).trim().to_owned();
-    // An older commit with rule-file changes between it and HEAD.
-    let old = up
-        .git_in("rl", &["rev-parse", "develop~15"])
-        .trim()
-        .to_owned();
-    up.git_in("rl", &["update-ref", "refs/heads/develop", &old]);
+    let token = "corpus-token";
+    let daemon_bundles = ["reversinglabs", "bartblaze", "inquest"];
+    let bundles = [
+        "reversinglabs",
+        "signature-base",
+        "bartblaze",
+        "mandiant-rtcm",
+        "inquest",
+    ];
+    let mut heads = BTreeMap::new();
+    for bundle in bundles {
+        up.clone_bundle(bundle, &dir.join(format!("{bundle}.bundle")));
+        let branch = up
+            .git_in(bundle, &["symbolic-ref", "--short", "HEAD"])
+            .trim()
+            .to_owned();
+        let head = up.git_in(bundle, &["rev-parse", &branch]).trim().to_owned();
+        let old = up
+            .git_in(bundle, &["rev-parse", &format!("{branch}~12")])
+            .trim()
+            .to_owned();
+        up.git_in(
+            bundle,
+            &["update-ref", &format!("refs/heads/{branch}"), &old],
+        );
+        heads.insert(bundle, (branch, old, head));
+    }
     let daemon = GitDaemon::start(up.root.path());
-    let id = app
+    let http = AuthGitServer::start(up.root.path(), token).await;
+    let mut ids = BTreeMap::new();
+    for bundle in bundles {
+        let body = if daemon_bundles.contains(&bundle) {
+            json!({"url": daemon.url(bundle), "name": bundle, "import_update_preferences": 2})
+        } else {
+            json!({"url": http.url(bundle), "name": bundle, "api_token": token, "import_update_preferences": 2})
+        };
+        ids.insert(bundle, app.create_repository(&app.admin_token, body).await);
+    }
+    // The same bartblaze over the other transport, preference 1, its files imported by hand.
+    let manual = app
         .create_repository(
             &app.admin_token,
-            json!({"url": daemon.url("rl"), "name": "ReversingLabs", "import_update_preferences": 2}),
+            json!({"url": http.url("bartblaze"), "name": "bartblaze-update-only", "api_token": token, "import_update_preferences": 1}),
         )
         .await;
-    let run = app.wait_run(app.start_run().await).await;
-    assert_eq!(run["state"], "succeeded", "{run}");
-    let outcome = &run["repositories"][0];
-    assert_eq!(outcome["commit_after"], old);
-    let before = by_path(&app, id).await;
-    let rule_files_at_old = up
-        .git_in("rl", &["ls-tree", "-r", "--name-only", &old])
-        .lines()
-        .filter(|p| p.ends_with(".yara") || p.ends_with(".yar"))
-        .count();
-    assert_eq!(
-        before.len(),
-        rule_files_at_old,
-        "every rule file became a ruleset"
-    );
-    assert!(before.values().all(|r| r["revision"] == 1));
+    let res = app
+        .post_json(
+            &format!("/api/yara/repositories/{manual}/import/"),
+            &app.admin_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
 
-    up.git_in("rl", &["update-ref", "refs/heads/develop", &head]);
     let run = app.wait_run(app.start_run().await).await;
     assert_eq!(run["state"], "succeeded", "{run}");
-    let after = by_path(&app, id).await;
-    let diff = up.git_in(
-        "rl",
-        &["diff", "--name-status", "--no-renames", &old, &head],
-    );
-    let (mut modified, mut added, mut deleted) =
-        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-    for line in diff.lines() {
-        let (status, path) = line.split_once('\t').unwrap();
-        if !(path.ends_with(".yara") || path.ends_with(".yar")) {
-            continue;
-        }
-        match status {
-            "M" => modified.insert(path.to_owned()),
-            "A" => added.insert(path.to_owned()),
-            "D" => deleted.insert(path.to_owned()),
-            other => panic!("unexpected diff status {other}"),
-        };
+    let mut before = BTreeMap::new();
+    for bundle in bundles {
+        let (_, old, _) = &heads[bundle];
+        let rulesets = by_path(&app, ids[bundle]).await;
+        let files = app.files(ids[bundle]).await;
+        let imported = files.iter().filter(|f| f["state"] == "imported").count();
+        assert_eq!(
+            rulesets.len(),
+            imported,
+            "{bundle}: every imported file is a ruleset"
+        );
+        assert!(rulesets.values().all(|r| r["revision"] == 1), "{bundle}");
+        let outcome = run["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["repository"] == ids[bundle])
+            .unwrap();
+        assert_eq!(&outcome["commit_after"], old, "{bundle}");
+        before.insert(bundle, rulesets);
     }
-    assert!(
-        !modified.is_empty() || !added.is_empty(),
-        "the range changes rule files"
-    );
-    let revised: BTreeSet<String> = after
-        .iter()
-        .filter(|(_, r)| r["revision"] == 2)
-        .map(|(p, _)| p.clone())
-        .collect();
-    assert_eq!(
-        revised, modified,
-        "new revisions exactly for the modified files"
-    );
-    for path in &added {
-        assert_eq!(after[path]["revision"], 1, "{path} imported (preference 2)");
+    let manual_before = by_path(&app, manual).await;
+
+    for bundle in bundles {
+        let (branch, _, head) = &heads[bundle];
+        up.git_in(
+            bundle,
+            &["update-ref", &format!("refs/heads/{branch}"), head],
+        );
     }
-    for path in &deleted {
-        assert_eq!(after[path]["status"], "disabled", "{path} removed upstream");
-    }
-    let outcome = &run["repositories"][0];
-    assert_eq!(outcome["commit_before"], old);
-    assert_eq!(outcome["commit_after"], head);
-    assert_eq!(outcome["files_changed"], modified.len());
-    assert_eq!(outcome["files_added"], added.len());
-    assert_eq!(outcome["files_removed"], deleted.len());
-    assert_eq!(outcome["revisions_created"], modified.len() + added.len());
-    // Nothing changed upstream: a reference check, no new revision.
     let run = app.wait_run(app.start_run().await).await;
-    assert_eq!(run["repositories"][0]["unchanged"], true, "{run}");
-    assert_eq!(run["repositories"][0]["revisions_created"], 0);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let mut changed_anywhere = 0;
+    for bundle in bundles {
+        let (_, old, head) = &heads[bundle];
+        let [modified, added, deleted] = rule_changes(&up, bundle, old, head);
+        changed_anywhere += modified.len() + added.len();
+        let index: BTreeMap<String, Value> = app
+            .files(ids[bundle])
+            .await
+            .into_iter()
+            .map(|f| (f["path"].as_str().unwrap().to_owned(), f))
+            .collect();
+        // Index and skipped files are not rulesets: compare over what was imported.
+        let imported = |p: &String| index.get(p).is_some_and(|f| f["state"] == "imported");
+        let after = by_path(&app, ids[bundle]).await;
+        let revised: BTreeSet<String> = after
+            .iter()
+            .filter(|(p, r)| r["revision"] == 2 && before[bundle].contains_key(*p))
+            .map(|(p, _)| p.clone())
+            .collect();
+        let expected: BTreeSet<String> = modified.iter().filter(|p| imported(p)).cloned().collect();
+        assert_eq!(
+            revised, expected,
+            "{bundle}: new revisions exactly for the modified files"
+        );
+        for path in added.iter().filter(|p| imported(p)) {
+            assert_eq!(
+                after[path]["revision"], 1,
+                "{bundle}: {path} imported (preference 2)"
+            );
+        }
+        for path in deleted.iter().filter(|p| before[bundle].contains_key(*p)) {
+            assert_eq!(
+                after[path]["status"], "disabled",
+                "{bundle}: {path} removed upstream"
+            );
+        }
+        let outcome = run["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["repository"] == ids[bundle])
+            .unwrap();
+        assert_eq!(&outcome["commit_after"], head, "{bundle}");
+        assert_eq!(
+            outcome["files_removed"],
+            deleted.len(),
+            "{bundle}: {outcome}"
+        );
+    }
+    assert!(changed_anywhere > 0, "the ranges change rule files");
+    // Preference 1: changed imported files get revisions, added files only become available.
+    let (_, old, head) = &heads["bartblaze"];
+    let [modified, added, _] = rule_changes(&up, "bartblaze", old, head);
+    let manual_after = by_path(&app, manual).await;
+    for path in &modified {
+        if manual_before.contains_key(path) {
+            assert_eq!(manual_after[path]["revision"], 2, "{path}");
+        }
+    }
+    let files = app.files(manual).await;
+    for path in &added {
+        assert!(
+            !manual_after.contains_key(path),
+            "{path} is not imported under preference 1"
+        );
+        let entry = files.iter().find(|f| f["path"] == path.as_str()).unwrap();
+        assert!(
+            entry["state"] == "available"
+                || entry["state"] == "skipped"
+                || entry["state"] == "index",
+            "{entry}"
+        );
+    }
+    // Nothing changed upstream: a reference check each, no new revision.
+    let run = app.wait_run(app.start_run().await).await;
+    for outcome in run["repositories"].as_array().unwrap() {
+        assert_eq!(outcome["unchanged"], true, "{outcome}");
+        assert_eq!(outcome["revisions_created"], 0);
+    }
 }
 
 async fn preferences_decide_what_a_run_imports(backend: Backend) {

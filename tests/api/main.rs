@@ -12,4 +12,5 @@ mod imports;
 mod nodes;
 mod repositories;
 mod rulesets;
+mod scan;
 mod secrets;

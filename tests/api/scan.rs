@@ -1,0 +1,332 @@
+//! API.md 6 and 5 (matches): scanning with the active rules, compared with YARA-X in process,
+//! limits, and the match records.
+
+use std::collections::BTreeSet;
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::backend_tests;
+use crate::helpers::{Backend, TestApp, TestConfig, expect_error};
+
+backend_tests!(
+    scan_results_equal_yara_x_on_the_same_rules_and_files,
+    bodies_names_limits_and_timeouts,
+    matches_and_counters_follow_scans,
+    every_scan_sees_one_whole_generation,
+);
+
+const CLASSIFIER: &str = r#"
+import "pe"
+rule elf_file : malicious { meta: kind = "elf" condition: uint32(0) == 0x464c457f }
+rule pe_file : suspicious { condition: pe.is_pe }
+rule has_glibc { strings: $g = "GLIBC_2." condition: $g }
+rule marker : goodware { meta: ref = "a" ref = "b" strings: $m = "ruleyard-marker" condition: $m }
+"#;
+const NAMED: &str =
+    "rule named_evil { condition: filename == \"evil.exe\" and extension == \"exe\" }\n";
+
+async fn scan(app: &TestApp, path: &str, body: Vec<u8>) -> reqwest::Response {
+    app.request(Method::POST, path, &app.admin_token)
+        .header("Content-Type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn ok_json(res: reqwest::Response) -> Value {
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn matched(body: &Value) -> BTreeSet<String> {
+    body["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}:{}",
+                m["ruleset"].as_str().unwrap(),
+                m["rule"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// Real files from the system, a few hundred KiB each at most.
+fn system_files() -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for dir in ["/usr/bin", "/usr/lib/x86_64-linux-gnu"] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths {
+            if out.len() >= 40 {
+                break;
+            }
+            if let Ok(meta) = std::fs::metadata(&path)
+                && meta.is_file()
+                && meta.len() < 512 * 1024
+                && let Ok(bytes) = std::fs::read(&path)
+            {
+                out.push((path.display().to_string(), bytes));
+            }
+        }
+    }
+    out
+}
+
+async fn scan_results_equal_yara_x_on_the_same_rules_and_files(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    assert_eq!(
+        app.save_ruleset(&app.admin_token, "Classifier", CLASSIFIER)
+            .await
+            .status(),
+        201
+    );
+    app.wait_status("Classifier", "active").await;
+    let generation = app.state.rulesets.current_generation().unwrap();
+    let mut files = system_files();
+    assert!(files.len() >= 20, "real binaries to scan");
+    files.push(("marker".into(), b"xx ruleyard-marker xx".to_vec()));
+    files.push((
+        "nothing".into(),
+        b"plain text that matches nothing".to_vec(),
+    ));
+    let mut kinds = BTreeSet::new();
+    for (name, bytes) in &files {
+        let body = ok_json(scan(&app, "/api/yara/scan/", bytes.clone()).await).await;
+        assert_eq!(body["generation"], generation.number);
+        assert_eq!(body["size"], bytes.len());
+        let mut scanner = yara_x::Scanner::new(&generation.rules);
+        let expected: BTreeSet<String> = scanner
+            .scan(bytes)
+            .unwrap()
+            .matching_rules()
+            .map(|r| format!("{}:{}", r.namespace(), r.identifier()))
+            .collect();
+        let got = matched(&body);
+        assert_eq!(got, expected, "{name}");
+        kinds.extend(got);
+    }
+    assert!(
+        kinds.contains("Classifier:elf_file") && kinds.contains("Classifier:marker"),
+        "{kinds:?}"
+    );
+    let marker = ok_json(scan(&app, "/api/yara/scan/", b"ruleyard-marker".to_vec()).await).await;
+    let m = &marker["matches"][0];
+    assert_eq!(m["tags"], serde_json::json!(["goodware"]));
+    assert_eq!(
+        m["meta"]["ref"],
+        serde_json::json!(["a", "b"]),
+        "a repeated meta key keeps both values"
+    );
+    assert_eq!(marker["sha256"].as_str().unwrap().len(), 64);
+}
+
+async fn bodies_names_limits_and_timeouts(backend: Backend) {
+    let mut config = TestConfig::new(backend);
+    config.max_scan_bytes = Some(64 * 1024);
+    config.scan_timeout_seconds = Some(1);
+    let app = TestApp::spawn_with(config).await;
+    assert_eq!(
+        app.save_ruleset(&app.admin_token, "Named", NAMED)
+            .await
+            .status(),
+        201
+    );
+    let slow = "rule slow { condition: for all i in (0..filesize) : (for all j in (0..1000000) : (uint8(i) != 0xFF)) }\n";
+    assert_eq!(
+        app.save_ruleset(&app.admin_token, "Slow_Rules", slow)
+            .await
+            .status(),
+        201
+    );
+    app.wait_status("Named", "active").await;
+    app.wait_status("Slow_Rules", "active").await;
+    // The name sets the external variables; without it nothing matches.
+    let body = ok_json(
+        scan(
+            &app,
+            "/api/yara/scan/?filename=dir/evil.exe",
+            b"MZ".to_vec(),
+        )
+        .await,
+    )
+    .await;
+    assert!(matched(&body).contains("Named:named_evil"), "{body}");
+    let body = ok_json(scan(&app, "/api/yara/scan/", b"MZ".to_vec()).await).await;
+    assert!(!matched(&body).contains("Named:named_evil"));
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(b"MZ".to_vec()).file_name("evil.exe"),
+    );
+    let res = app
+        .request(Method::POST, "/api/yara/scan", &app.admin_token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let body = ok_json(res).await;
+    assert!(
+        matched(&body).contains("Named:named_evil"),
+        "multipart file name: {body}"
+    );
+    // Empty file, a file at the limit, one byte over.
+    let body = ok_json(scan(&app, "/api/yara/scan/", Vec::new()).await).await;
+    assert_eq!(body["size"], 0);
+    let body = ok_json(scan(&app, "/api/yara/scan/", vec![0xFF; 64 * 1024]).await).await;
+    assert_eq!(body["size"], 64 * 1024);
+    expect_error(
+        scan(&app, "/api/yara/scan/", vec![0xFF; 64 * 1024 + 1]).await,
+        413,
+    )
+    .await;
+    let big = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(vec![0xFF; 64 * 1024 + 1]).file_name("big.bin"),
+    );
+    let res = app
+        .request(Method::POST, "/api/yara/scan/", &app.admin_token)
+        .multipart(big)
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 413).await;
+    // A scan over its time limit answers with what it has and says so.
+    let started = std::time::Instant::now();
+    let body = ok_json(scan(&app, "/api/yara/scan/", vec![0u8; 32 * 1024]).await).await;
+    assert_eq!(body["timed_out"], true, "{body}");
+    assert!(started.elapsed().as_secs() < 30);
+}
+
+async fn matches_and_counters_follow_scans(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let alpha = "rule alpha_hit : malicious { strings: $a = \"alpha\" condition: $a }\n";
+    let bravo = "rule bravo_hit { strings: $b = \"bravo\" condition: $b }\n";
+    assert_eq!(
+        app.save_ruleset(&app.admin_token, "Alpha_Set", alpha)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        app.save_ruleset(&app.admin_token, "Bravo_Set", bravo)
+            .await
+            .status(),
+        201
+    );
+    app.wait_status("Alpha_Set", "active").await;
+    app.wait_status("Bravo_Set", "active").await;
+    let both = ok_json(
+        scan(
+            &app,
+            "/api/yara/scan/?filename=both.bin",
+            b"alpha and bravo".to_vec(),
+        )
+        .await,
+    )
+    .await;
+    ok_json(scan(&app, "/api/yara/scan/", b"only alpha".to_vec()).await).await;
+    ok_json(scan(&app, "/api/yara/scan/", b"only alpha".to_vec()).await).await;
+    ok_json(scan(&app, "/api/yara/scan/", b"nothing here".to_vec()).await).await;
+    let list = |q: &'static str| {
+        let app = &app;
+        async move { ok_json(app.get(q, &app.admin_token).await).await }
+    };
+    let one = list("/api/yara/v2/ruleset/matches/?name=Alpha_Set").await;
+    assert_eq!(
+        one["count"], 2,
+        "two distinct samples matched Alpha_Set: {one}"
+    );
+    let two = list("/api/yara/v2/ruleset/matches/?name=Alpha_Set&name=Bravo_Set").await;
+    assert_eq!(two["count"], 1);
+    assert_eq!(two["results"][0]["sha256"], both["sha256"]);
+    assert_eq!(two["results"][0]["filename"], "both.bin");
+    let paged = list("/api/yara/v2/ruleset/matches/?name=Alpha_Set&page=2&page_size=1").await;
+    assert_eq!(paged["results"].as_array().unwrap().len(), 1);
+    assert!(
+        paged["previous"]
+            .as_str()
+            .unwrap()
+            .contains("name=Alpha_Set")
+    );
+    expect_error(
+        app.get("/api/yara/v2/ruleset/matches/", &app.admin_token)
+            .await,
+        400,
+    )
+    .await;
+    expect_error(
+        app.get(
+            "/api/yara/v2/ruleset/matches/?name=Nope_Nope",
+            &app.admin_token,
+        )
+        .await,
+        404,
+    )
+    .await;
+    let rulesets = app.rulesets().await;
+    assert_eq!(rulesets["Alpha_Set"]["malicious_match_count"], 2);
+    assert_eq!(rulesets["Alpha_Set"]["unknown_match_count"], 0);
+    assert_eq!(rulesets["Bravo_Set"]["unknown_match_count"], 1);
+    assert!(rulesets["Alpha_Set"]["last_matched"].is_string());
+}
+
+async fn every_scan_sees_one_whole_generation(backend: Backend) {
+    let app = std::sync::Arc::new(TestApp::spawn(backend).await);
+    let version =
+        |k: usize| format!("rule a_{k} {{ condition: true }}\nrule b_{k} {{ condition: true }}\n");
+    assert_eq!(
+        app.save_ruleset(&app.admin_token, "Flipping", &version(0))
+            .await
+            .status(),
+        201
+    );
+    app.wait_status("Flipping", "active").await;
+    let scanner = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..150 {
+                let body = ok_json(scan(&app, "/api/yara/scan/", b"x".to_vec()).await).await;
+                seen.push((body["generation"].as_i64().unwrap(), matched(&body)));
+            }
+            seen
+        })
+    };
+    for k in 1..=8 {
+        assert_eq!(
+            app.save_ruleset(&app.admin_token, "Flipping", &version(k))
+                .await
+                .status(),
+            200
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    }
+    let seen = scanner.await.unwrap();
+    let mut per_generation = std::collections::BTreeMap::new();
+    for (generation, rules) in seen {
+        assert_eq!(rules.len(), 2, "{rules:?}");
+        let suffixes: BTreeSet<&str> = rules
+            .iter()
+            .map(|r| r.rsplit('_').next().unwrap())
+            .collect();
+        assert_eq!(suffixes.len(), 1, "a mix of generations: {rules:?}");
+        let previous = per_generation.insert(generation, rules.clone());
+        assert!(
+            previous.is_none_or(|p| p == rules),
+            "one generation, one rule set"
+        );
+    }
+    assert!(
+        per_generation.len() >= 2,
+        "scans ran across activations: {per_generation:?}"
+    );
+}
