@@ -17,8 +17,9 @@ use crate::config::Settings;
 use crate::domain::{Branch, ImportPreference, NewRepository, RepoUrl, RepositoryName, Username};
 use crate::http::compat::NormalizePathLayer;
 use crate::jobs::{Importer, UpdateJob};
-use crate::rules::{ActiveRules, ScanPool};
+use crate::rules::ActiveRules;
 use crate::rulesets::{Activator, Rulesets};
+use crate::scanning::{RetroHunt, Scanning};
 use crate::secrets::{KEY_CHECK_SETTING, SecretBox};
 use crate::store::{self, Store, StoreError};
 
@@ -30,7 +31,8 @@ pub struct AppState {
     pub secrets: Arc<SecretBox>,
     pub rulesets: Arc<Rulesets>,
     pub update_job: Arc<UpdateJob>,
-    pub scans: Arc<ScanPool>,
+    pub scanning: Arc<Scanning>,
+    pub retro_hunt: Arc<RetroHunt>,
 }
 
 /// A started application, bound to its address.
@@ -73,15 +75,19 @@ pub async fn open_state(settings: Settings) -> anyhow::Result<AppState> {
         cancel: Arc::default(),
     });
     let update_job = UpdateJob::new(store.clone(), importer);
+    let scanning = Arc::new(Scanning::new(
+        store.clone(),
+        rulesets.clone(),
+        settings.clone(),
+    ));
     Ok(AppState {
         store,
         settings,
         secrets,
         rulesets,
         update_job,
-        scans: Arc::new(ScanPool::new(
-            std::thread::available_parallelism().map_or(2, |n| n.get()),
-        )),
+        scanning,
+        retro_hunt: Arc::default(),
     })
 }
 

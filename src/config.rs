@@ -75,6 +75,15 @@ pub struct Overrides {
         hide_env_values = true
     )]
     pub secret_key: Option<String>,
+    /// Total size of kept samples; the oldest are evicted past it.
+    #[arg(long, env = "RULEYARD_SAMPLES_MAX_BYTES", global = true)]
+    pub samples_max_bytes: Option<u64>,
+    /// Samples a ruleset may match within the cap window before it is `capped`.
+    #[arg(long, env = "RULEYARD_MATCH_CAP", global = true)]
+    pub match_cap: Option<u64>,
+    /// The cap window.
+    #[arg(long, env = "RULEYARD_MATCH_CAP_WINDOW_SECONDS", global = true)]
+    pub match_cap_window_seconds: Option<u64>,
     /// Largest request body outside scans.
     #[arg(long, env = "RULEYARD_MAX_BODY_BYTES", global = true)]
     pub max_body_bytes: Option<u64>,
@@ -137,6 +146,9 @@ struct FileSettings {
     scan_timeout_seconds: Option<u64>,
     store_samples: Option<bool>,
     secret_key: Option<String>,
+    samples_max_bytes: Option<u64>,
+    match_cap: Option<u64>,
+    match_cap_window_seconds: Option<u64>,
     max_body_bytes: Option<u64>,
     trusted_proxy: Option<bool>,
     metrics: Option<bool>,
@@ -166,6 +178,9 @@ pub struct Settings {
     pub scan_timeout_seconds: u64,
     pub store_samples: bool,
     pub secret_key: Option<SecretString>,
+    pub samples_max_bytes: u64,
+    pub match_cap: u64,
+    pub match_cap_window_seconds: u64,
     pub max_body_bytes: u64,
     pub trusted_proxy: bool,
     pub metrics: bool,
@@ -333,6 +348,16 @@ impl Settings {
                 .or(f.secret_key)
                 .filter(|k| !k.trim().is_empty())
                 .map(SecretString::from),
+            samples_max_bytes: o
+                .samples_max_bytes
+                .or(f.samples_max_bytes)
+                .unwrap_or(10 * 1024 * MIB),
+            match_cap: o.match_cap.or(f.match_cap).unwrap_or(10_000).max(1),
+            match_cap_window_seconds: o
+                .match_cap_window_seconds
+                .or(f.match_cap_window_seconds)
+                .unwrap_or(86_400)
+                .max(1),
             max_body_bytes: o.max_body_bytes.or(f.max_body_bytes).unwrap_or(16 * MIB),
             trusted_proxy: o.trusted_proxy.or(f.trusted_proxy).unwrap_or(false),
             metrics: o.metrics.or(f.metrics).unwrap_or(true),
@@ -370,6 +395,9 @@ impl Settings {
             scan_timeout_seconds: u64,
             store_samples: bool,
             secret_key: &'a str,
+            samples_max_bytes: u64,
+            match_cap: u64,
+            match_cap_window_seconds: u64,
             max_body_bytes: u64,
             trusted_proxy: bool,
             metrics: bool,
@@ -402,6 +430,9 @@ impl Settings {
             scan_timeout_seconds: self.scan_timeout_seconds,
             store_samples: self.store_samples,
             secret_key: redact(&self.secret_key, "<key file in the data directory>"),
+            samples_max_bytes: self.samples_max_bytes,
+            match_cap: self.match_cap,
+            match_cap_window_seconds: self.match_cap_window_seconds,
             max_body_bytes: self.max_body_bytes,
             trusted_proxy: self.trusted_proxy,
             metrics: self.metrics,

@@ -9,6 +9,7 @@ pub mod http;
 pub mod jobs;
 pub mod rules;
 pub mod rulesets;
+pub mod scanning;
 pub mod secrets;
 pub mod sources;
 pub mod store;

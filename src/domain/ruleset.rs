@@ -101,6 +101,8 @@ pub struct Ruleset {
     /// Validity and rule count of the latest revision.
     pub latest_valid: bool,
     pub latest_rule_count: i64,
+    /// Matched more samples than the match cap: no longer records matches.
+    pub capped: bool,
 }
 
 /// Who made a revision.

@@ -73,6 +73,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/yara/sync", get(publish::sync))
         .route("/api/yara/scan", post(scan::scan))
         .route("/api/yara/v2/ruleset/matches", get(scan::matches))
+        .route(
+            "/api/uploads/local-retro-hunt",
+            get(scan::retro_status).post(scan::retro_operation),
+        )
         .route("/api/yara/update", get(update::status))
         .route(
             "/api/yara/update/set-interval/{seconds}",

@@ -1,21 +1,17 @@
 //! Scanning (API.md 6) and the samples that matched rulesets (API.md 5, matches).
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{StatusCode, header};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::auth::CurrentUser;
-use super::compat::{PageRequest, RequestUrl, read_body};
+use super::compat::{Fields, PageRequest, RequestUrl, read_body};
 use super::error::{ApiError, ApiResult};
-use crate::domain::{MatchRecord, Sample, Timestamp};
-use crate::rules::{ScanGlobals, classify};
+use crate::scanning::ScanFailure;
+use crate::scanning::retro::HuntError;
 
 /// The file of a scan: the multipart `file` field (and its file name), or the raw body.
 async fn scanned_file(state: &AppState, req: Request) -> ApiResult<(Vec<u8>, Option<String>)> {
@@ -74,67 +70,94 @@ pub async fn scan(
     url: RequestUrl,
     req: Request<Body>,
 ) -> ApiResult<Json<Value>> {
-    let generation = state.rulesets.current_generation().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "No generation of rules is loaded yet; try again shortly.",
-        )
-    })?;
+    if state.rulesets.current_generation().is_none() {
+        return Err(not_ready());
+    }
     let (data, field_name) = scanned_file(&state, req).await?;
     let filename = url
         .get("filename")
         .filter(|n| !n.is_empty())
         .map(str::to_owned)
         .or(field_name);
-    let sha256 = hex::encode(Sha256::digest(&data));
-    let size = data.len() as i64;
-    let timeout = Duration::from_secs(state.settings.scan_timeout_seconds);
-    let outcome = state
-        .scans
-        .scan(
-            generation.clone(),
-            Arc::from(data),
-            ScanGlobals::from_name(filename.as_deref()),
-            timeout,
-        )
-        .await;
-    if let Some(error) = outcome.error {
-        return Err(ApiError::internal(format!("scan failed: {error}")));
-    }
-    let records: Vec<MatchRecord> = outcome
-        .matches
-        .iter()
-        .filter_map(|m| {
-            generation
-                .ruleset_ids
-                .get(&m.ruleset)
-                .map(|id| MatchRecord {
-                    ruleset_id: *id,
-                    rule: m.rule.clone(),
-                    classification: classify(&m.tags).to_owned(),
-                })
-        })
-        .collect();
-    let sample = Sample {
-        sha256: sha256.clone(),
-        size,
-        filename: filename.clone(),
-        first_seen: Timestamp::now(),
-        last_seen: Timestamp::now(),
-    };
-    state.store.record_scan(&sample, &records).await?;
+    let report = state
+        .scanning
+        .scan(data, filename, true)
+        .await
+        .map_err(|e| match e {
+            ScanFailure::NotReady => not_ready(),
+            ScanFailure::Store(e) => e.into(),
+            e @ ScanFailure::Engine(_) => ApiError::internal(e),
+        })?;
     let mut body = json!({
-        "sha256": sha256,
-        "size": size,
-        "generation": generation.number,
-        "duration_ms": (outcome.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-        "matches": outcome.matches,
+        "sha256": report.sha256,
+        "size": report.size,
+        "generation": report.generation.number,
+        "duration_ms": (report.outcome.duration.as_secs_f64() * 1_000_000.0).round() / 1000.0,
+        "matches": report.outcome.matches,
     });
-    if outcome.timed_out {
+    if report.outcome.timed_out {
         body["timed_out"] = json!(true);
     }
     Ok(Json(body))
+}
+
+fn not_ready() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        "No generation of rules is loaded yet; try again shortly.",
+    )
+}
+
+/// `GET /api/uploads/local-retro-hunt/`: the state and the history of hunts.
+pub async fn retro_status(State(state): State<AppState>, _user: CurrentUser) -> Json<Value> {
+    Json(state.retro_hunt.status())
+}
+
+/// `POST /api/uploads/local-retro-hunt/` with `operation` = `START` or `STOP`.
+pub async fn retro_operation(
+    State(state): State<AppState>,
+    _user: CurrentUser,
+    fields: Fields,
+) -> ApiResult<Json<Value>> {
+    let operation = fields
+        .text("operation")
+        .map_err(|m| ApiError::field("operation", m))?
+        .unwrap_or_default();
+    let refused = |status: StatusCode, code: &'static str, e: HuntError| ApiError {
+        status,
+        code,
+        message: format!(
+            "{}.",
+            e.to_string()[..1].to_uppercase() + &e.to_string()[1..]
+        ),
+        errors: None,
+    };
+    match operation.as_str() {
+        "START" => match state.retro_hunt.start(state.scanning.clone()) {
+            Ok(()) => Ok(Json(
+                json!({"success": true, "message": "Local retro hunt started."}),
+            )),
+            Err(e @ HuntError::AlreadyRunning) => {
+                Err(refused(StatusCode::CONFLICT, "retro_hunt_running", e))
+            }
+            Err(e) => Err(refused(StatusCode::BAD_REQUEST, "samples_not_kept", e)),
+        },
+        "STOP" => match state.retro_hunt.stop() {
+            Ok(()) => Ok(Json(
+                json!({"success": true, "message": "Local retro hunt stopping."}),
+            )),
+            Err(e) => Err(refused(
+                StatusCode::PRECONDITION_FAILED,
+                "retro_hunt_not_running",
+                e,
+            )),
+        },
+        other => Err(ApiError::field(
+            "operation",
+            format!("`{other}` is not an operation; use START or STOP."),
+        )),
+    }
 }
 
 /// `GET /api/yara/v2/ruleset/matches/?name=A[&name=B]`: samples that matched all of them.

@@ -157,6 +157,9 @@ impl Importer {
         }
 
         let mirror = self.mirror_path(repo.id);
+        // This node holds the repository's lease: lock files in its mirror are left by a
+        // process that died mid-fetch (kill -9), and would refuse every later fetch.
+        clear_stale_locks(&mirror);
         let auth = self.auth(repo)?;
         let limits = FetchLimits {
             timeout: fetch_timeout,
@@ -219,6 +222,21 @@ impl Importer {
             self.rulesets.activator().request();
         }
         Ok(())
+    }
+}
+
+fn clear_stale_locks(mirror: &std::path::Path) {
+    let mut stack = vec![mirror.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "lock") {
+                tracing::warn!(path = %path.display(), "removing a lock left by a dead fetch");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 }
 

@@ -351,6 +351,9 @@ pub fn status(ruleset: &Ruleset, generation: Option<&LoadedGeneration>) -> Rules
     if !ruleset.enabled {
         return RulesetStatus::Disabled;
     }
+    if ruleset.capped {
+        return RulesetStatus::Capped;
+    }
     match ruleset.published_revision {
         Some(published) => match generation {
             Some(g) if g.failed.contains_key(&ruleset.id) => RulesetStatus::Error,

@@ -112,7 +112,8 @@ impl SqlStore {
         }
         for id in &batch.reenable {
             sqlx::query(
-                "UPDATE rulesets SET enabled = 1, removed_upstream = 0, updated_at = $1 WHERE id = $2",
+                "UPDATE rulesets SET enabled = 1, removed_upstream = 0, capped_at = NULL, \
+                   updated_at = $1 WHERE id = $2",
             )
             .bind(now)
             .bind(id)

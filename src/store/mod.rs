@@ -183,8 +183,16 @@ pub trait Store: Send + Sync + 'static {
     async fn release_leases_of_node(&self, node: &str) -> StoreResult<u64>;
     async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()>;
 
-    /// Records a scanned sample and the rules that matched it (one transaction).
-    async fn record_scan(&self, sample: &Sample, matches: &[MatchRecord]) -> StoreResult<()>;
+    /// Records a scanned sample and the rules that matched it (one transaction). A ruleset that
+    /// matched more than `cap` samples since `window_start` becomes capped; the ids of those
+    /// capped now are returned.
+    async fn record_scan(
+        &self,
+        sample: &Sample,
+        matches: &[MatchRecord],
+        cap: i64,
+        window_start: i64,
+    ) -> StoreResult<Vec<i64>>;
     /// Per ruleset: distinct matching samples per classification, and the last match.
     async fn match_stats(&self) -> StoreResult<std::collections::HashMap<i64, MatchStats>>;
     /// Samples that matched every one of the rulesets, newest first.

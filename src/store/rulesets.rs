@@ -14,7 +14,7 @@ use crate::domain::{
 
 const RULESET_SELECT: &str = "SELECT r.id, r.name, r.owner_id, u.username AS owner, \
      r.repository_id, r.source_path, r.enabled, r.is_system, r.latest_revision, \
-     r.published_revision, r.removed_upstream, r.created_at, r.updated_at, \
+     r.published_revision, r.removed_upstream, r.created_at, r.updated_at, r.capped_at, \
      v.valid AS latest_valid, v.rule_count AS latest_rule_count \
      FROM rulesets r LEFT JOIN users u ON u.id = r.owner_id \
      LEFT JOIN revisions v ON v.ruleset_id = r.id AND v.number = r.latest_revision";
@@ -41,6 +41,7 @@ fn ruleset_from_row(row: &AnyRow) -> StoreResult<Ruleset> {
         latest_rule_count: row
             .try_get::<Option<i64>, _>("latest_rule_count")?
             .unwrap_or(0),
+        capped: row.try_get::<Option<i64>, _>("capped_at")?.is_some(),
     })
 }
 
@@ -164,12 +165,15 @@ impl SqlStore {
 
     pub(super) async fn q_set_enabled(&self, id: i64, enabled: bool) -> StoreResult<()> {
         let _guard = self.write_guard().await;
-        let done = sqlx::query("UPDATE rulesets SET enabled = $1, updated_at = $2 WHERE id = $3")
-            .bind(i64::from(enabled))
-            .bind(Timestamp::now().millis())
-            .bind(id)
-            .execute(self.pool())
-            .await?;
+        let done = sqlx::query(
+            "UPDATE rulesets SET enabled = $1, updated_at = $2, \
+             capped_at = CASE WHEN $1 = 1 THEN NULL ELSE capped_at END WHERE id = $3",
+        )
+        .bind(i64::from(enabled))
+        .bind(Timestamp::now().millis())
+        .bind(id)
+        .execute(self.pool())
+        .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -372,7 +376,7 @@ pub(super) async fn save_revision_in(
     .await?;
     let publish = new.publish_if_valid && new.outcome.valid;
     sqlx::query(
-        "UPDATE rulesets SET latest_revision = $1, \
+        "UPDATE rulesets SET latest_revision = $1, capped_at = NULL, \
            enabled = CASE WHEN removed_upstream = 1 THEN 1 ELSE enabled END, \
            removed_upstream = 0, \
            published_revision = CASE WHEN $2 = 1 THEN $1 ELSE published_revision END \

@@ -12,7 +12,9 @@ impl SqlStore {
         &self,
         sample: &Sample,
         matches: &[MatchRecord],
-    ) -> StoreResult<()> {
+        cap: i64,
+        window_start: i64,
+    ) -> StoreResult<Vec<i64>> {
         let _guard = self.write_guard().await;
         let now = Timestamp::now().millis();
         let mut tx = self.pool().begin().await?;
@@ -28,22 +30,58 @@ impl SqlStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        for m in matches {
-            sqlx::query(
-                "INSERT INTO matches (sha256, ruleset_id, rule, classification, matched_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (sha256, ruleset_id, rule) DO UPDATE SET \
-                   matched_at = excluded.matched_at, classification = excluded.classification",
+        let mut touched: Vec<i64> = matches.iter().map(|m| m.ruleset_id).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let mut capped = Vec::new();
+        for id in &touched {
+            let row = sqlx::query("SELECT capped_at FROM rulesets WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            // A capped ruleset records nothing until it is edited or re-enabled.
+            if row.is_none_or(|r| {
+                r.try_get::<Option<i64>, _>("capped_at")
+                    .ok()
+                    .flatten()
+                    .is_some()
+            }) {
+                continue;
+            }
+            for m in matches.iter().filter(|m| m.ruleset_id == *id) {
+                sqlx::query(
+                    "INSERT INTO matches (sha256, ruleset_id, rule, classification, matched_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (sha256, ruleset_id, rule) DO UPDATE \
+                       SET matched_at = excluded.matched_at, classification = excluded.classification",
+                )
+                .bind(sample.sha256.as_str())
+                .bind(m.ruleset_id)
+                .bind(m.rule.as_str())
+                .bind(m.classification.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let recent: i64 = sqlx::query(
+                "SELECT COUNT(DISTINCT sha256) AS n FROM matches \
+                 WHERE ruleset_id = $1 AND matched_at >= $2",
             )
-            .bind(sample.sha256.as_str())
-            .bind(m.ruleset_id)
-            .bind(m.rule.as_str())
-            .bind(m.classification.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            .bind(id)
+            .bind(window_start)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+            if recent > cap {
+                sqlx::query("UPDATE rulesets SET capped_at = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                capped.push(*id);
+            }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(capped)
     }
 
     pub(super) async fn q_match_stats(&self) -> StoreResult<HashMap<i64, MatchStats>> {

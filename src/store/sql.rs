@@ -546,8 +546,14 @@ impl Store for SqlStore {
         self.q_release_lease(name, holder).await
     }
 
-    async fn record_scan(&self, sample: &Sample, matches: &[MatchRecord]) -> StoreResult<()> {
-        self.q_record_scan(sample, matches).await
+    async fn record_scan(
+        &self,
+        sample: &Sample,
+        matches: &[MatchRecord],
+        cap: i64,
+        window_start: i64,
+    ) -> StoreResult<Vec<i64>> {
+        self.q_record_scan(sample, matches, cap, window_start).await
     }
 
     async fn match_stats(&self) -> StoreResult<std::collections::HashMap<i64, MatchStats>> {

@@ -116,6 +116,7 @@ pub struct TestConfig {
     pub rule_extensions: Option<Vec<String>>,
     pub max_scan_bytes: Option<u64>,
     pub scan_timeout_seconds: Option<u64>,
+    pub match_cap: Option<u64>,
 }
 
 impl TestConfig {
@@ -133,6 +134,7 @@ impl TestConfig {
             rule_extensions: None,
             max_scan_bytes: None,
             scan_timeout_seconds: None,
+            match_cap: None,
         }
     }
 }
@@ -173,6 +175,7 @@ impl TestApp {
             update_interval_seconds: Some(config.update_interval_seconds),
             max_scan_bytes: config.max_scan_bytes,
             scan_timeout_seconds: config.scan_timeout_seconds,
+            match_cap: config.match_cap,
             ..Default::default()
         };
         #[derive(serde::Serialize)]

@@ -14,6 +14,8 @@ backend_tests!(
     bodies_names_limits_and_timeouts,
     matches_and_counters_follow_scans,
     every_scan_sees_one_whole_generation,
+    a_ruleset_over_the_match_cap_is_capped_until_edited,
+    the_local_retro_hunt_rescans_kept_samples,
 );
 
 const CLASSIFIER: &str = r#"
@@ -141,15 +143,7 @@ async fn bodies_names_limits_and_timeouts(backend: Backend) {
             .status(),
         201
     );
-    let slow = "rule slow { condition: for all i in (0..filesize) : (for all j in (0..1000000) : (uint8(i) != 0xFF)) }\n";
-    assert_eq!(
-        app.save_ruleset(&app.admin_token, "Slow_Rules", slow)
-            .await
-            .status(),
-        201
-    );
     app.wait_status("Named", "active").await;
-    app.wait_status("Slow_Rules", "active").await;
     // The name sets the external variables; without it nothing matches.
     let body = ok_json(
         scan(
@@ -199,7 +193,16 @@ async fn bodies_names_limits_and_timeouts(backend: Backend) {
         .await
         .unwrap();
     expect_error(res, 413).await;
-    // A scan over its time limit answers with what it has and says so.
+    // A scan over its time limit answers with what it has and says so. (Activated only now: a
+    // busy machine could push the small scans above over the one-second limit too.)
+    let slow = "rule slow { condition: for all i in (0..filesize) : (for all j in (0..1000000) : (uint8(i) != 0xFF)) }\n";
+    assert_eq!(
+        app.save_ruleset(&app.admin_token, "Slow_Rules", slow)
+            .await
+            .status(),
+        201
+    );
+    app.wait_status("Slow_Rules", "active").await;
     let started = std::time::Instant::now();
     let body = ok_json(scan(&app, "/api/yara/scan/", vec![0u8; 32 * 1024]).await).await;
     assert_eq!(body["timed_out"], true, "{body}");
@@ -329,4 +332,119 @@ async fn every_scan_sees_one_whole_generation(backend: Backend) {
         per_generation.len() >= 2,
         "scans ran across activations: {per_generation:?}"
     );
+}
+
+async fn a_ruleset_over_the_match_cap_is_capped_until_edited(backend: Backend) {
+    let mut config = TestConfig::new(backend);
+    config.match_cap = Some(2);
+    let app = TestApp::spawn_with(config).await;
+    let catch_all = "rule everything { condition: true }\n";
+    assert_eq!(
+        app.save_ruleset(&app.admin_token, "Catch_All", catch_all)
+            .await
+            .status(),
+        201
+    );
+    app.wait_status("Catch_All", "active").await;
+    for sample in ["one", "two", "three"] {
+        ok_json(scan(&app, "/api/yara/scan/", sample.as_bytes().to_vec()).await).await;
+    }
+    assert_eq!(app.ruleset("Catch_All").await["status"], "capped");
+    let capped = app.rulesets().await;
+    assert_eq!(capped["Catch_All"]["unknown_match_count"], 3);
+    // Still scanning (the rule matches), but recording nothing more.
+    let body = ok_json(scan(&app, "/api/yara/scan/", b"four".to_vec()).await).await;
+    assert!(matched(&body).contains("Catch_All:everything"));
+    assert_eq!(app.rulesets().await["Catch_All"]["unknown_match_count"], 3);
+    let listed = ok_json(
+        app.get(
+            "/api/yara/v2/rulesets/?type=all&status=capped",
+            &app.admin_token,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(listed["count"], 1);
+    // An edit lifts the cap.
+    let edited = "rule everything { condition: true and true }\n";
+    assert_eq!(
+        app.save_ruleset(&app.admin_token, "Catch_All", edited)
+            .await
+            .status(),
+        200
+    );
+    app.wait_status("Catch_All", "active").await;
+}
+
+async fn the_local_retro_hunt_rescans_kept_samples(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let hunt = "/api/uploads/local-retro-hunt/";
+    let status = ok_json(app.get(hunt, &app.admin_token).await).await;
+    assert_eq!(status["status"]["state"], "NOT_STARTED");
+    let mut shas = BTreeSet::new();
+    for sample in ["old sample one", "old sample two", "nothing"] {
+        let body = ok_json(scan(&app, "/api/yara/scan/", sample.as_bytes().to_vec()).await).await;
+        assert!(body["matches"].as_array().unwrap().is_empty());
+        shas.insert(body["sha256"].as_str().unwrap().to_owned());
+    }
+    // Samples are kept content-addressed in the data directory.
+    for sha in &shas {
+        let path = app
+            .state
+            .settings
+            .data_dir
+            .join("samples")
+            .join(&sha[..2])
+            .join(sha);
+        assert!(path.is_file(), "{path:?}");
+    }
+    let later = "rule old_sample { strings: $a = \"old sample\" condition: $a }\n";
+    assert_eq!(
+        app.save_ruleset(&app.admin_token, "Later_Rule", later)
+            .await
+            .status(),
+        201
+    );
+    app.wait_status("Later_Rule", "active").await;
+    let operate = |operation: &'static str| {
+        let app = &app;
+        async move {
+            app.request(Method::POST, hunt, &app.admin_token)
+                .form(&[("operation", operation)])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let started = ok_json(operate("START").await).await;
+    assert_eq!(started["success"], true);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let status = ok_json(app.get(hunt, &app.admin_token).await).await;
+        if status["status"]["state"] == "COMPLETED" {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["status"]["samples"], 3);
+    assert_eq!(status["status"]["processed"], 3);
+    assert!(status["status"]["started"].is_string() && status["status"]["stopped"].is_string());
+    assert_eq!(status["status"]["history"].as_array().unwrap().len(), 1);
+    let matches = ok_json(
+        app.get(
+            "/api/yara/v2/ruleset/matches/?name=Later_Rule",
+            &app.admin_token,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        matches["count"], 2,
+        "the two old samples matched the new rule: {matches}"
+    );
+    // STOP after it finished: 412; an unknown operation: 400.
+    let res = operate("STOP").await;
+    assert_eq!(res.status(), 412);
+    expect_error(operate("PAUSE").await, 400).await;
 }
