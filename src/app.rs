@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::ServiceExt;
@@ -22,6 +23,11 @@ use crate::rulesets::{Activator, Rulesets};
 use crate::scanning::{RetroHunt, Scanning};
 use crate::secrets::{KEY_CHECK_SETTING, SecretBox};
 use crate::store::{self, Store, StoreError};
+
+/// How often a node reports the generation it serves.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A node silent for this long is `Unavailable`.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -118,6 +124,29 @@ impl App {
         let job = self.state.update_job.clone();
         job.recover().await?;
         let scheduler = tokio::spawn(job.scheduler());
+        let follower = tokio::spawn(
+            self.state
+                .rulesets
+                .activator()
+                .clone()
+                .follow(Duration::from_secs(1)),
+        );
+        let heartbeat = {
+            let (store, rulesets, node) = (
+                self.state.store.clone(),
+                self.state.rulesets.clone(),
+                self.state.settings.node_name.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let serving = rulesets.current_generation().map(|g| g.number);
+                    if let Err(e) = store.heartbeat(&node, serving).await {
+                        tracing::warn!(error = %e, "heartbeat failed");
+                    }
+                    tokio::time::sleep(HEARTBEAT).await;
+                }
+            })
+        };
         // Load (or build) the generation in the background: the API answers meanwhile, and
         // /readyz says when scanning is ready.
         let background = tokio::spawn(async move {
@@ -137,6 +166,8 @@ impl App {
         .context("server error");
         background.abort();
         scheduler.abort();
+        follower.abort();
+        heartbeat.abort();
         served
     }
 }

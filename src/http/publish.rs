@@ -50,25 +50,44 @@ pub async fn one(
     ))
 }
 
-/// `GET /api/yara/sync/`: this node and the generation it serves.
+/// `GET /api/yara/sync/`: the newest generation, and every node with the one it serves.
 pub async fn sync(State(state): State<AppState>, _user: CurrentUser) -> ApiResult<Json<Value>> {
-    let generation = state.rulesets.current_generation();
-    let latest = state.store.latest_generation().await?;
-    let number = latest.as_ref().map(|g| g.number);
-    let serving = generation.as_ref().map(|g| g.number);
-    let node_state = match (serving, number) {
-        (Some(a), Some(b)) if a >= b => "InSync",
-        _ => "OutOfSync",
-    };
+    let head = state.store.latest_generation_head().await?;
+    let latest = head.map(|(number, _)| number);
+    let published_at = head.map(|(_, at)| at);
+    // This node's own entry is live, whatever its last heartbeat said.
+    let serving = state.rulesets.current_generation().map(|g| g.number);
+    state
+        .store
+        .heartbeat(&state.settings.node_name, serving)
+        .await?;
+    let now = crate::domain::Timestamp::now().millis();
+    let timeout = i64::try_from(crate::app::NODE_TIMEOUT.as_millis()).unwrap_or(i64::MAX);
+    let nodes: Vec<Value> = state
+        .store
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|n| {
+            let node_state = if now - n.last_seen.millis() > timeout {
+                "Unavailable"
+            } else if n.generation.is_some() && n.generation >= latest {
+                "InSync"
+            } else {
+                "OutOfSync"
+            };
+            json!({
+                "name": n.name,
+                "generation": n.generation,
+                "state": node_state,
+                "last_seen": n.last_seen,
+            })
+        })
+        .collect();
     Ok(Json(json!({
         "enabled": state.rulesets.yara_sync(),
-        "generation": number,
-        "published_at": latest.as_ref().map(|g| g.created_at),
-        "nodes": [{
-            "name": state.settings.node_name,
-            "generation": serving,
-            "state": node_state,
-            "last_seen": crate::domain::Timestamp::now(),
-        }],
+        "generation": latest,
+        "published_at": published_at,
+        "nodes": nodes,
     })))
 }

@@ -122,6 +122,44 @@ impl Activator {
         Ok(Some(number))
     }
 
+    /// Follows generations other nodes build: every `every`, when the database holds a newer
+    /// generation than this node serves, loads it (a missed notification or a reconnect cannot
+    /// leave a node behind for longer than that).
+    pub async fn follow(self: Arc<Self>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = self.catch_up().await {
+                tracing::warn!(error = %e, "cannot follow the cluster's generations");
+            }
+        }
+    }
+
+    /// Loads the newest stored generation when it is newer than the one served.
+    pub async fn catch_up(&self) -> anyhow::Result<Option<i64>> {
+        let served = self.active.current().map(|g| g.number);
+        let Some((newest, _)) = self.store.latest_generation_head().await? else {
+            return Ok(None);
+        };
+        if served.is_some_and(|n| n >= newest) {
+            return Ok(None);
+        }
+        let _building = self.building.lock().await;
+        let Some(stored) = self.store.latest_generation().await? else {
+            return Ok(None);
+        };
+        let number = stored.number;
+        if self.active.current().is_some_and(|g| g.number >= number) {
+            return Ok(None);
+        }
+        let generation = self.load(stored).await?;
+        self.active.install(Arc::new(generation));
+        tracing::info!(
+            generation = number,
+            "loaded a generation built by another node"
+        );
+        Ok(Some(number))
+    }
+
     /// At start: loads the latest stored generation (its artifact when the same YARA-X built
     /// it, else a recompile from its revisions), then activates whatever changed since.
     pub async fn start(&self) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@
 //! The store returns domain types, never rows, and must not import `http`.
 
 mod imports;
+mod nodes;
 mod postgres;
 mod rulesets;
 mod samples;
@@ -19,6 +20,7 @@ use crate::domain::{
     Sample, SavedRevision, StoredGeneration, UpdateRun, User, Username,
 };
 
+pub use nodes::NodeBeat;
 pub use sql::SqlStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +197,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<i64>>;
     /// Per ruleset: distinct matching samples per classification, and the last match.
     async fn match_stats(&self) -> StoreResult<std::collections::HashMap<i64, MatchStats>>;
+    /// The number and creation time of the newest generation, if any (without its artifact).
+    async fn latest_generation_head(&self) -> StoreResult<Option<(i64, crate::domain::Timestamp)>>;
+    /// This node's heartbeat, with the generation it serves.
+    async fn heartbeat(&self, name: &str, generation: Option<i64>) -> StoreResult<()>;
+    async fn nodes(&self) -> StoreResult<Vec<NodeBeat>>;
+
     /// Samples that matched every one of the rulesets, newest first.
     async fn samples_matching_all(
         &self,

@@ -556,6 +556,18 @@ impl Store for SqlStore {
         self.q_record_scan(sample, matches, cap, window_start).await
     }
 
+    async fn latest_generation_head(&self) -> StoreResult<Option<(i64, Timestamp)>> {
+        self.q_latest_generation_head().await
+    }
+
+    async fn heartbeat(&self, name: &str, generation: Option<i64>) -> StoreResult<()> {
+        self.q_heartbeat(name, generation).await
+    }
+
+    async fn nodes(&self) -> StoreResult<Vec<super::NodeBeat>> {
+        self.q_nodes().await
+    }
+
     async fn match_stats(&self) -> StoreResult<std::collections::HashMap<i64, MatchStats>> {
         self.q_match_stats().await
     }

@@ -6,6 +6,7 @@ mod process;
 mod upstream;
 
 mod auth;
+mod cluster;
 mod compat;
 mod corpus;
 mod imports;

@@ -293,15 +293,24 @@ async fn every_scan_sees_one_whole_generation(backend: Backend) {
         201
     );
     app.wait_status("Flipping", "active").await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let scanner = {
-        let app = app.clone();
+        let (app, done) = (app.clone(), done.clone());
         tokio::spawn(async move {
+            // Scan until the last version has been seen after all the writes.
             let mut seen = Vec::new();
-            for _ in 0..150 {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
                 let body = ok_json(scan(&app, "/api/yara/scan/", b"x".to_vec()).await).await;
-                seen.push((body["generation"].as_i64().unwrap(), matched(&body)));
+                let rules = matched(&body);
+                let last = rules.contains("Flipping:a_8");
+                seen.push((body["generation"].as_i64().unwrap(), rules));
+                if (last && done.load(std::sync::atomic::Ordering::Relaxed))
+                    || std::time::Instant::now() > deadline
+                {
+                    return seen;
+                }
             }
-            seen
         })
     };
     for k in 1..=8 {
@@ -313,6 +322,7 @@ async fn every_scan_sees_one_whole_generation(backend: Backend) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
     let seen = scanner.await.unwrap();
     let mut per_generation = std::collections::BTreeMap::new();
     for (generation, rules) in seen {

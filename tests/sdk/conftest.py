@@ -2,8 +2,9 @@
 
 A session starts the real `ruleyard serve` binary once per database backend (SQLite always,
 PostgreSQL too when RULEYARD_TEST_POSTGRES_URL is set) with YARA Sync off, and, when a test asks for
-it, a second one with YARA Sync on, and a third one for the update job's tests (each server has its
-own data directory and database, so they are independent single-node installations). It creates the
+it, a second one with YARA Sync on, a third one for the update job's tests and a fourth one with a small
+match cap (each server has its own data directory and database, so they are independent single-node
+installations). It creates the
 users the tests act as and builds small
 `file://` git repositories for the server's connection tests and imports, and, for the update job's
 tests, a `git://` upstream that can be made to stall.
@@ -27,7 +28,7 @@ import requests
 from ReversingLabs.SDK.a1000 import A1000
 
 from support import (CONNECT_TIMEOUT_SECONDS, FETCH_TIMEOUT_SECONDS, FIXTURE_RULE, FIXTURE_RULE_PATH,
-                     JOB_LEASE_SECONDS, Appliance)
+                     JOB_LEASE_SECONDS, MATCH_CAP, Appliance)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_SECONDS = 60
@@ -212,6 +213,15 @@ def job_server(backend, tmp_path_factory) -> Server:
         yield started
 
 
+@pytest.fixture(scope="session")
+def capped_server(backend, tmp_path_factory) -> Server:
+    """A fourth, independent server (YARA Sync off) whose match cap is MATCH_CAP samples, for the `capped`
+    status (BEHAVIOUR.md 4); on the others the default cap is far beyond what the tests scan."""
+    with running_server(tmp_path_factory, backend, yara_sync=False, name=f"ruleyard-{backend}-capped",
+                        extra_env={"RULEYARD_MATCH_CAP": str(MATCH_CAP)}) as started:
+        yield started
+
+
 def create_users(server: Server) -> dict[str, str]:
     """Creates the regular users alice and bob; returns every user's password, admin's included."""
     created = {"admin": server.admin_password}
@@ -296,6 +306,14 @@ def sync_on(sync_server, sync_passwords) -> Appliance:
 def job(job_server) -> Appliance:
     """The update job's server, with SDK clients and plain HTTP sessions for admin, alice and bob."""
     appliance = make_appliance(job_server, create_users(job_server))
+    yield appliance
+    appliance.close()
+
+
+@pytest.fixture(scope="session")
+def capped(capped_server) -> Appliance:
+    """The capped server, with SDK clients and plain HTTP sessions for admin, alice and bob."""
+    appliance = make_appliance(capped_server, create_users(capped_server))
     yield appliance
     appliance.close()
 

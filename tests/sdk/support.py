@@ -34,6 +34,8 @@ FETCH_TIMEOUT_SECONDS = 5
 CONNECT_TIMEOUT_SECONDS = 5
 # The update job's server has a short job lease, which one stalled run must renew (BEHAVIOUR.md 5).
 JOB_LEASE_SECONDS = 2
+# The capped server's match cap (BEHAVIOUR.md 4): a ruleset that matches more samples is capped.
+MATCH_CAP = 2
 # A rule file that every upstream repository of `Upstreams.new` carries, so imports have something to import.
 FIXTURE_RULE_PATH = "rules/sdk_fixture.yara"
 FIXTURE_RULE = 'rule sdk_fixture_rule {\n    strings:\n        $a = "ruleyard-sdk-fixture"\n    condition:\n        $a\n}\n'
