@@ -31,7 +31,11 @@ impl Drop for Node {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn memory_mib(pid: u32, field: &str) -> f64 {
@@ -54,7 +58,9 @@ async fn main() {
         return;
     };
     let Ok(admin_url) = std::env::var("RULEYARD_BENCH_POSTGRES_URL") else {
-        eprintln!("skipped: set RULEYARD_BENCH_POSTGRES_URL (a PostgreSQL server to create a database on)");
+        eprintln!(
+            "skipped: set RULEYARD_BENCH_POSTGRES_URL (a PostgreSQL server to create a database on)"
+        );
         return;
     };
     let binary = std::env::args()
@@ -62,7 +68,12 @@ async fn main() {
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/ruleyard").into());
     let db = format!("ruleyard_bench_{}", std::process::id());
     let psql = |sql: &str| {
-        let ok = Command::new("psql").arg(&admin_url).args(["-q", "-c", sql]).status().unwrap().success();
+        let ok = Command::new("psql")
+            .arg(&admin_url)
+            .args(["-q", "-c", sql])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "psql {sql}");
     };
     psql(&format!("CREATE DATABASE {db}"));
@@ -85,33 +96,61 @@ async fn main() {
             .stdout(Stdio::null())
             .spawn()
             .expect("start a node");
-        nodes.push(Node { child, base: format!("http://127.0.0.1:{port}") });
+        nodes.push(Node {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        });
     }
     let client = reqwest::Client::new();
     let started = Instant::now();
     let token = loop {
-        if let Ok(res) = client.post(format!("{}/api-token-auth/", nodes[0].base)).form(&[("username", "admin"), ("password", "bench-password")]).send().await
+        if let Ok(res) = client
+            .post(format!("{}/api-token-auth/", nodes[0].base))
+            .form(&[("username", "admin"), ("password", "bench-password")])
+            .send()
+            .await
             && res.status() == 200
         {
-            break res.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+            break res.json::<Value>().await.unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_owned();
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "nodes did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nodes did not start"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let auth = format!("Token {token}");
     for node in &nodes[1..] {
-        while client.get(format!("{}/readyz", node.base)).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        while client
+            .get(format!("{}/readyz", node.base))
+            .send()
+            .await
+            .map(|r| r.status() != 200)
+            .unwrap_or(true)
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     let mut count = 0;
     for (b, bundle) in corpus::BUNDLES.iter().enumerate() {
-        for (i, (_, text)) in corpus::rule_files(&dir.join(format!("{bundle}.bundle"))).into_iter().enumerate() {
+        for (i, (_, text)) in corpus::rule_files(&dir.join(format!("{bundle}.bundle")))
+            .into_iter()
+            .enumerate()
+        {
             if ruleyard::rules::contains_include(&text) {
                 continue;
             }
             let name = format!("b{b}_{i}");
-            client.post(format!("{}/api/yara/ruleset/", nodes[0].base)).header("Authorization", &auth).form(&[("name", name.as_str()), ("content", text.as_str())]).send().await.unwrap();
+            client
+                .post(format!("{}/api/yara/ruleset/", nodes[0].base))
+                .header("Authorization", &auth)
+                .form(&[("name", name.as_str()), ("content", text.as_str())])
+                .send()
+                .await
+                .unwrap();
             count += 1;
         }
     }
@@ -119,27 +158,54 @@ async fn main() {
     let sync = |base: String| {
         let (client, auth) = (client.clone(), auth.clone());
         async move {
-            client.get(format!("{base}/api/yara/sync/")).header("Authorization", auth).send().await.unwrap().json::<Value>().await.unwrap()
+            client
+                .get(format!("{base}/api/yara/sync/"))
+                .header("Authorization", auth)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
         }
     };
     let before = sync(nodes[0].base.clone()).await["generation"].clone();
     let t = Instant::now();
-    let report: Value = client.post(format!("{}/api/yara/publish/all", nodes[0].base)).header("Authorization", &auth).send().await.unwrap().json().await.unwrap();
+    let report: Value = client
+        .post(format!("{}/api/yara/publish/all", nodes[0].base))
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let mut first_node = None;
     let all = loop {
         let s = sync(nodes[0].base.clone()).await;
         let list = s["nodes"].as_array().cloned().unwrap_or_default();
-        if first_node.is_none() && s["generation"] != before && list.iter().any(|n| n["name"] == "node-1" && n["state"] == "InSync") {
+        if first_node.is_none()
+            && s["generation"] != before
+            && list
+                .iter()
+                .any(|n| n["name"] == "node-1" && n["state"] == "InSync")
+        {
             first_node = Some(t.elapsed());
         }
-        if s["generation"] != before && list.len() == 3 && list.iter().all(|n| n["state"] == "InSync") {
+        if s["generation"] != before
+            && list.len() == 3
+            && list.iter().all(|n| n["state"] == "InSync")
+        {
             break t.elapsed();
         }
         assert!(t.elapsed() < Duration::from_secs(300), "never in sync: {s}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let first = first_node.unwrap_or(all);
-    println!("publish/all: {} of {} published", report["successful_publish_count"], report["total_count"]);
+    println!(
+        "publish/all: {} of {} published",
+        report["successful_publish_count"], report["total_count"]
+    );
     println!(
         "generation served by node 1 after {:.2} s; all three nodes InSync after {:.2} s; ratio all/first {:.2}",
         first.as_secs_f64(),

@@ -131,6 +131,21 @@ impl App {
                 .clone()
                 .follow(Duration::from_secs(1)),
         );
+        let listener = self
+            .state
+            .settings
+            .database_url
+            .as_ref()
+            .filter(|_| self.state.settings.is_postgres())
+            .map(|url| {
+                tokio::spawn(
+                    self.state
+                        .rulesets
+                        .activator()
+                        .clone()
+                        .listen(url.expose_secret().to_owned()),
+                )
+            });
         let heartbeat = {
             let (store, rulesets, node) = (
                 self.state.store.clone(),
@@ -167,6 +182,9 @@ impl App {
         background.abort();
         scheduler.abort();
         follower.abort();
+        if let Some(listener) = listener {
+            listener.abort();
+        }
         heartbeat.abort();
         served
     }

@@ -119,6 +119,10 @@ impl Activator {
             "generation built"
         );
         self.active.install(Arc::new(generation));
+        if let Err(e) = self.store.notify_generation(number).await {
+            // The others still find it by polling.
+            tracing::warn!(error = %e, "cannot notify the other nodes");
+        }
         Ok(Some(number))
     }
 
@@ -131,6 +135,42 @@ impl Activator {
             if let Err(e) = self.catch_up().await {
                 tracing::warn!(error = %e, "cannot follow the cluster's generations");
             }
+        }
+    }
+
+    /// Listens for the generations other nodes announce (PostgreSQL `LISTEN`), and loads each.
+    /// The listener reconnects by itself; notifications sent meanwhile are lost, which is why
+    /// it catches up after every (re)connect and [`Activator::follow`] polls as well.
+    pub async fn listen(self: Arc<Self>, database_url: String) {
+        loop {
+            match sqlx::postgres::PgListener::connect(&database_url).await {
+                Ok(mut listener) => {
+                    if let Err(e) = listener.listen(crate::store::GENERATION_CHANNEL).await {
+                        tracing::warn!(error = %e, "cannot listen for generations");
+                    } else {
+                        let _ = self.catch_up().await;
+                        loop {
+                            match listener.try_recv().await {
+                                Ok(Some(_)) => {
+                                    if let Err(e) = self.catch_up().await {
+                                        tracing::warn!(error = %e, "cannot load an announced generation");
+                                    }
+                                }
+                                // The connection dropped and was re-established.
+                                Ok(None) => {
+                                    let _ = self.catch_up().await;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "generation listener failed");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot connect the generation listener"),
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
 

@@ -20,7 +20,7 @@ use crate::domain::{
     Sample, SavedRevision, StoredGeneration, UpdateRun, User, Username,
 };
 
-pub use nodes::NodeBeat;
+pub use nodes::{GENERATION_CHANNEL, NodeBeat};
 pub use sql::SqlStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +199,8 @@ pub trait Store: Send + Sync + 'static {
     async fn match_stats(&self) -> StoreResult<std::collections::HashMap<i64, MatchStats>>;
     /// The number and creation time of the newest generation, if any (without its artifact).
     async fn latest_generation_head(&self) -> StoreResult<Option<(i64, crate::domain::Timestamp)>>;
+    /// Tells the other nodes a generation was stored (PostgreSQL `NOTIFY`; nothing on SQLite).
+    async fn notify_generation(&self, number: i64) -> StoreResult<()>;
     /// This node's heartbeat, with the generation it serves.
     async fn heartbeat(&self, name: &str, generation: Option<i64>) -> StoreResult<()>;
     async fn nodes(&self) -> StoreResult<Vec<NodeBeat>>;

@@ -2,8 +2,11 @@
 
 use sqlx::Row;
 
-use super::{SqlStore, StoreResult};
+use super::{SqlStore, Store, StoreResult};
 use crate::domain::Timestamp;
+
+/// The PostgreSQL channel on which nodes announce new generations.
+pub const GENERATION_CHANNEL: &str = "ruleyard_generation";
 
 /// One node as its last heartbeat left it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +23,17 @@ impl SqlStore {
             .await?;
         row.map(|r| Ok((r.try_get("id")?, Timestamp(r.try_get("created_at")?))))
             .transpose()
+    }
+
+    pub(super) async fn q_notify_generation(&self, number: i64) -> StoreResult<()> {
+        if self.backend() == super::Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(GENERATION_CHANNEL)
+                .bind(number.to_string())
+                .execute(self.pool())
+                .await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn q_heartbeat(&self, name: &str, generation: Option<i64>) -> StoreResult<()> {

@@ -560,6 +560,10 @@ impl Store for SqlStore {
         self.q_latest_generation_head().await
     }
 
+    async fn notify_generation(&self, number: i64) -> StoreResult<()> {
+        self.q_notify_generation(number).await
+    }
+
     async fn heartbeat(&self, name: &str, generation: Option<i64>) -> StoreResult<()> {
         self.q_heartbeat(name, generation).await
     }

@@ -129,6 +129,31 @@ async fn nodes_converge_on_a_publish_and_a_late_node_catches_up() {
     assert_eq!(sync["enabled"], true);
     assert_eq!(sync["nodes"].as_array().unwrap().len(), 4);
 
+    // `run` sent to three nodes at once: exactly one 200. A stalled upstream keeps it alive.
+    let up = crate::upstream::Upstreams::new();
+    up.repo(
+        "slow",
+        "main",
+        &[("slow.yar", "rule slow_rule { condition: true }\n")],
+    );
+    let upstream = crate::upstream::AuthGitServer::start(up.root.path(), "tok").await;
+    let (status, body) = json(one.request(Method::POST, "/api/yara/repositories/").json(
+        &serde_json::json!({"url": upstream.url("slow"), "name": "slow", "api_token": "tok", "import_update_preferences": 1}),
+    ))
+    .await;
+    assert_eq!(status, 201, "{body}");
+    upstream
+        .stall
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let run = |node: &ServerProcess| json(node.request(Method::POST, "/api/yara/update/run"));
+    let (a, b, c) = tokio::join!(run(&one), run(&two), run(&three));
+    let mut statuses = vec![a.0, b.0, c.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![200, 409, 409], "{a:?} {b:?} {c:?}");
+    upstream
+        .stall
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+
     // A node that stops heartbeating is Unavailable.
     drop(three);
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -26,6 +26,14 @@ async fn create_repo(server: &ServerProcess, url: &str, name: &str) -> i64 {
     body["id"].as_i64().unwrap_or_else(|| panic!("{body}"))
 }
 
+async fn json_status(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let res = req.send().await.unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
 async fn start_run(server: &ServerProcess) -> (u16, Value) {
     let res = server
         .request(Method::POST, "/api/yara/update/run")
@@ -174,19 +182,33 @@ async fn two_nodes_on_one_postgres_database_share_one_job() {
     upstream
         .stall
         .store(false, std::sync::atomic::Ordering::Relaxed);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // The next *scheduled* run happens on the survivor once the lease lapses.
+    let (status, _) =
+        json_status(survivor.request(Method::POST, "/api/yara/update/set-interval/1")).await;
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let next = loop {
-        let (status, body) = start_run(survivor).await;
-        if status == 200 {
-            break body["run_id"].as_i64().unwrap();
+        let runs: Value = survivor
+            .request(Method::GET, "/api/yara/update/runs/")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let scheduled = runs["results"].as_array().unwrap().iter().find(|r| {
+            r["trigger"] == "scheduled" && r["state"] == "succeeded" && r["node"] != record["node"]
+        });
+        if let Some(run) = scheduled {
+            break run["id"].as_i64().unwrap();
         }
-        assert_eq!(status, 409, "{body}");
         assert!(
             std::time::Instant::now() < deadline,
-            "the lease never lapsed"
+            "no scheduled run took over: {runs}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
+    json_status(survivor.request(Method::POST, "/api/yara/update/set-interval/0")).await;
     let killed = wait_run_state(survivor, run, |r| r["state"] != "running").await;
     assert_eq!(killed["state"], "interrupted", "{killed}");
     let record = wait_run_state(survivor, next, |r| r["state"] != "running").await;
