@@ -185,6 +185,9 @@ pub async fn matches(
     for name in &names {
         ids.push(state.rulesets.get(name).await?.id);
     }
+    // A name given twice is one condition, not two.
+    ids.sort_unstable();
+    ids.dedup();
     let found = state
         .store
         .samples_matching_all(&ids, page.page.map(|_| page.window()))

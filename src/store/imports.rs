@@ -112,8 +112,9 @@ impl SqlStore {
         }
         for id in &batch.reenable {
             sqlx::query(
-                "UPDATE rulesets SET enabled = 1, removed_upstream = 0, capped_at = NULL, \
-                   updated_at = $1 WHERE id = $2",
+                "UPDATE rulesets SET enabled = 1, removed_upstream = 0, \
+                   cap_lifted_at = CASE WHEN capped_at IS NULL THEN cap_lifted_at ELSE $1 END, \
+                   capped_at = NULL, updated_at = $1 WHERE id = $2",
             )
             .bind(now)
             .bind(id)

@@ -167,6 +167,8 @@ impl SqlStore {
         let _guard = self.write_guard().await;
         let done = sqlx::query(
             "UPDATE rulesets SET enabled = $1, updated_at = $2, \
+             cap_lifted_at = CASE WHEN $1 = 1 AND capped_at IS NOT NULL THEN $2 \
+               ELSE cap_lifted_at END, \
              capped_at = CASE WHEN $1 = 1 THEN NULL ELSE capped_at END WHERE id = $3",
         )
         .bind(i64::from(enabled))
@@ -377,6 +379,7 @@ pub(super) async fn save_revision_in(
     let publish = new.publish_if_valid && new.outcome.valid;
     sqlx::query(
         "UPDATE rulesets SET latest_revision = $1, capped_at = NULL, \
+           cap_lifted_at = CASE WHEN capped_at IS NULL THEN cap_lifted_at ELSE $4 END, \
            enabled = CASE WHEN removed_upstream = 1 THEN 1 ELSE enabled END, \
            removed_upstream = 0, \
            published_revision = CASE WHEN $2 = 1 THEN $1 ELSE published_revision END \
@@ -385,6 +388,7 @@ pub(super) async fn save_revision_in(
     .bind(number)
     .bind(i64::from(publish))
     .bind(ruleset_id)
+    .bind(now)
     .execute(&mut *tx)
     .await?;
     Ok(SavedIn {

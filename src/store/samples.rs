@@ -35,19 +35,19 @@ impl SqlStore {
         touched.dedup();
         let mut capped = Vec::new();
         for id in &touched {
-            let row = sqlx::query("SELECT capped_at FROM rulesets WHERE id = $1")
+            let row = sqlx::query("SELECT capped_at, cap_lifted_at FROM rulesets WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
+            let Some(row) = row else { continue };
             // A capped ruleset records nothing until it is edited or re-enabled.
-            if row.is_none_or(|r| {
-                r.try_get::<Option<i64>, _>("capped_at")
-                    .ok()
-                    .flatten()
-                    .is_some()
-            }) {
+            if row.try_get::<Option<i64>, _>("capped_at")?.is_some() {
                 continue;
             }
+            // Matches from before the cap was last lifted no longer count.
+            let since = row
+                .try_get::<Option<i64>, _>("cap_lifted_at")?
+                .map_or(window_start, |lifted| lifted.max(window_start));
             for m in matches.iter().filter(|m| m.ruleset_id == *id) {
                 sqlx::query(
                     "INSERT INTO matches (sha256, ruleset_id, rule, classification, matched_at) \
@@ -67,7 +67,7 @@ impl SqlStore {
                  WHERE ruleset_id = $1 AND matched_at >= $2",
             )
             .bind(id)
-            .bind(window_start)
+            .bind(since)
             .fetch_one(&mut *tx)
             .await?
             .try_get("n")?;

@@ -384,6 +384,10 @@ async fn a_ruleset_over_the_match_cap_is_capped_until_edited(backend: Backend) {
         200
     );
     app.wait_status("Catch_All", "active").await;
+    // Matches from before the edit no longer count toward the cap.
+    ok_json(scan(&app, "/api/yara/scan/", b"five".to_vec()).await).await;
+    assert_eq!(app.ruleset("Catch_All").await["status"], "active");
+    assert_eq!(app.rulesets().await["Catch_All"]["unknown_match_count"], 4);
 }
 
 async fn the_local_retro_hunt_rescans_kept_samples(backend: Backend) {
