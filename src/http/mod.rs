@@ -102,6 +102,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .route("/api-token-auth", post(auth::obtain_token))
         .merge(api)
         // Bodies are read with their own limits (API.md 1.2 and 6), not axum's default.

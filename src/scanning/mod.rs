@@ -39,7 +39,17 @@ pub struct ScanReport {
     pub outcome: ScanOutcome,
 }
 
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct ScanCounters {
+    pub scans: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+    pub timeouts: std::sync::atomic::AtomicU64,
+    pub matches: std::sync::atomic::AtomicU64,
+}
+
 pub struct Scanning {
+    pub counters: ScanCounters,
     store: Arc<dyn Store>,
     rulesets: Arc<Rulesets>,
     pool: ScanPool,
@@ -57,6 +67,7 @@ impl Scanning {
             ))
         });
         Scanning {
+            counters: ScanCounters::default(),
             store,
             rulesets,
             pool: ScanPool::new(workers),
@@ -94,6 +105,17 @@ impl Scanning {
             .await;
         if let Some(error) = &outcome.error {
             return Err(ScanFailure::Engine(error.clone()));
+        }
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.counters.scans.fetch_add(1, Relaxed);
+            self.counters.bytes.fetch_add(size as u64, Relaxed);
+            self.counters
+                .timeouts
+                .fetch_add(u64::from(outcome.timed_out), Relaxed);
+            self.counters
+                .matches
+                .fetch_add(outcome.matches.len() as u64, Relaxed);
         }
         let records: Vec<MatchRecord> = outcome
             .matches

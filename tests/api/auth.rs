@@ -87,4 +87,20 @@ async fn health_endpoints_need_no_token(backend: Backend) {
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["database"], "ok");
+    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    assert!(
+        text.contains("# TYPE ruleyard_scans_total counter"),
+        "{text}"
+    );
+    assert!(text.contains("ruleyard_up{node="), "{text}");
+    let generation = app.state.rulesets.current_generation().unwrap().number;
+    assert!(
+        text.contains(&format!(
+            "ruleyard_generation{{node=\"{}\"}} {generation}",
+            app.state.settings.node_name.replace(['\\', '"'], "_")
+        )),
+        "{text}"
+    );
 }
