@@ -462,3 +462,48 @@ async fn the_local_retro_hunt_rescans_kept_samples(backend: Backend) {
     assert_eq!(res.status(), 412);
     expect_error(operate("PAUSE").await, 400).await;
 }
+
+/// Before any generation is loaded, scans answer 503 and the node is not ready.
+#[tokio::test]
+async fn scans_before_any_generation_get_503() {
+    use tower::ServiceExt;
+    let dir = tempfile::tempdir().unwrap();
+    let overrides = ruleyard::config::Overrides {
+        data_dir: Some(dir.path().to_owned()),
+        ..Default::default()
+    };
+    let settings = ruleyard::config::Settings::load(None, &overrides).unwrap();
+    // The state alone: nothing has loaded or built a generation.
+    let state = ruleyard::app::open_state(settings).await.unwrap();
+    let user = state
+        .store
+        .create_user(
+            &ruleyard::domain::Username::parse("early").unwrap(),
+            "x",
+            false,
+        )
+        .await
+        .unwrap();
+    let token = ruleyard::auth::new_token();
+    state
+        .store
+        .create_token(user.id, &ruleyard::auth::token_hash(&token), "test")
+        .await
+        .unwrap();
+    let router = ruleyard::http::router(state);
+    let request = axum::http::Request::post("/api/yara/scan")
+        .header("Authorization", format!("Token {token}"))
+        .body(axum::body::Body::from("sample"))
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["code"], "not_ready");
+    let ready = axum::http::Request::get("/readyz")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(router.oneshot(ready).await.unwrap().status(), 503);
+}
