@@ -14,7 +14,7 @@ use crate::scanning::ScanFailure;
 use crate::scanning::retro::HuntError;
 
 /// The file of a scan: the multipart `file` field (and its file name), or the raw body.
-async fn scanned_file(state: &AppState, req: Request) -> ApiResult<(Vec<u8>, Option<String>)> {
+async fn scanned_file(state: &AppState, req: Request) -> ApiResult<(bytes::Bytes, Option<String>)> {
     let limit = state.settings.max_scan_bytes;
     let is_multipart = req
         .headers()
@@ -23,7 +23,7 @@ async fn scanned_file(state: &AppState, req: Request) -> ApiResult<(Vec<u8>, Opt
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
     if !is_multipart {
         let (parts, body) = req.into_parts();
-        return Ok((read_body(&parts.headers, body, limit).await?.to_vec(), None));
+        return Ok((read_body(&parts.headers, body, limit).await?, None));
     }
     let declared = req
         .headers()
@@ -46,7 +46,7 @@ async fn scanned_file(state: &AppState, req: Request) -> ApiResult<(Vec<u8>, Opt
             continue;
         }
         let name = field.file_name().map(str::to_owned);
-        let mut data = Vec::new();
+        let mut data = bytes::BytesMut::new();
         while let Some(chunk) = field.chunk().await.map_err(|e| {
             ApiError::bad_request("bad_body", format!("Malformed multipart body: {e}"))
         })? {
@@ -55,7 +55,7 @@ async fn scanned_file(state: &AppState, req: Request) -> ApiResult<(Vec<u8>, Opt
             }
             data.extend_from_slice(&chunk);
         }
-        return Ok((data, name));
+        return Ok((data.freeze(), name));
     }
     Err(ApiError::field(
         "file",

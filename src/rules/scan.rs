@@ -58,7 +58,7 @@ impl ScanGlobals {
 
 struct Job {
     generation: Arc<LoadedGeneration>,
-    data: Arc<[u8]>,
+    data: bytes::Bytes,
     globals: ScanGlobals,
     timeout: Duration,
     reply: tokio::sync::oneshot::Sender<ScanOutcome>,
@@ -89,7 +89,7 @@ impl ScanPool {
     pub async fn scan(
         &self,
         generation: Arc<LoadedGeneration>,
-        data: Arc<[u8]>,
+        data: bytes::Bytes,
         globals: ScanGlobals,
         timeout: Duration,
     ) -> ScanOutcome {

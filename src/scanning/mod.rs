@@ -83,7 +83,7 @@ impl Scanning {
     /// Scans `data` with the generation current now and records what matched.
     pub async fn scan(
         &self,
-        data: Vec<u8>,
+        data: bytes::Bytes,
         filename: Option<String>,
         keep: bool,
     ) -> Result<ScanReport, ScanFailure> {
@@ -91,18 +91,20 @@ impl Scanning {
             .rulesets
             .current_generation()
             .ok_or(ScanFailure::NotReady)?;
-        let sha256 = hex::encode(Sha256::digest(&data));
         let size = data.len();
-        let data: Arc<[u8]> = Arc::from(data);
-        let outcome = self
-            .pool
-            .scan(
-                generation.clone(),
-                data.clone(),
-                ScanGlobals::from_name(filename.as_deref()),
-                Duration::from_secs(self.settings.scan_timeout_seconds),
-            )
-            .await;
+        // The digest runs on a blocking thread alongside the scan, not before it.
+        let digest = {
+            let data = data.clone();
+            tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&data)))
+        };
+        let scanned = self.pool.scan(
+            generation.clone(),
+            data.clone(),
+            ScanGlobals::from_name(filename.as_deref()),
+            Duration::from_secs(self.settings.scan_timeout_seconds),
+        );
+        let (digest, outcome) = tokio::join!(digest, scanned);
+        let sha256 = digest.map_err(|e| ScanFailure::Engine(e.to_string()))?;
         if let Some(error) = &outcome.error {
             return Err(ScanFailure::Engine(error.clone()));
         }
