@@ -20,7 +20,7 @@ use crate::rulesets::{Rulesets, sha256_hex};
 use crate::secrets::SecretBox;
 use crate::sources::fetch::{FetchLimits, fetch_branch};
 use crate::sources::includes::inline_includes;
-use crate::sources::tree::{FileKind, read_text, rule_files};
+use crate::sources::tree::{FileKind, read_text, rule_files_known};
 use crate::sources::{RemoteAuth, probe_remote};
 use crate::store::Store;
 
@@ -187,17 +187,41 @@ impl Importer {
         let commit = fetched.commit;
         outcome.commit_after = Some(commit.clone());
 
+        let stored: HashMap<String, FileRecord> = self
+            .store
+            .repository_files(repo.id, None)
+            .await
+            .map_err(|e| (e.to_string(), ImportFailure::Internal))?
+            .items
+            .into_iter()
+            .map(|f| (f.path.clone(), f))
+            .collect();
+        // What the last import learnt of each blob: unchanged blobs are not read again.
+        let known: HashMap<String, FileKind> = stored
+            .values()
+            .filter_map(|f| {
+                let kind = match f.state {
+                    FileState::Index => FileKind::Index,
+                    FileState::Skipped if f.reason.as_deref() == Some("not UTF-8") => {
+                        FileKind::Skipped("not UTF-8".into())
+                    }
+                    FileState::Skipped => return None,
+                    _ => FileKind::Rule,
+                };
+                Some((f.blob_sha.clone(), kind))
+            })
+            .collect();
         let extensions = self.settings.rule_extensions.clone();
         let max_bytes = self.settings.max_ruleset_bytes;
         let (mirror_c, commit_c) = (mirror.clone(), commit.clone());
         let files = tokio::task::spawn_blocking(move || {
-            rule_files(&mirror_c, &commit_c, &extensions, max_bytes)
+            rule_files_known(&mirror_c, &commit_c, &extensions, max_bytes, &known)
         })
         .await
         .map_err(upstream)?
         .map_err(upstream)?;
 
-        let plan = self.plan(repo, mode, &files, outcome).await?;
+        let plan = self.plan(repo, mode, &files, stored, outcome).await?;
         let revisions = self
             .validate_all(repo, &mirror, &commit, plan.to_read)
             .await?;
@@ -261,18 +285,10 @@ impl Importer {
         repo: &Repository,
         mode: &ImportMode,
         files: &[crate::sources::tree::TreeFile],
+        stored: HashMap<String, FileRecord>,
         outcome: &mut RepoOutcome,
     ) -> Step<Plan> {
         let internal = |e: crate::store::StoreError| (e.to_string(), ImportFailure::Internal);
-        let stored: HashMap<String, FileRecord> = self
-            .store
-            .repository_files(repo.id, None)
-            .await
-            .map_err(internal)?
-            .items
-            .into_iter()
-            .map(|f| (f.path.clone(), f))
-            .collect();
         let all = self.store.rulesets().await.map_err(internal)?;
         let mut taken: HashSet<String> = all.iter().map(|r| r.name.clone()).collect();
         let names: HashMap<i64, String> = all.into_iter().map(|r| (r.id, r.name)).collect();

@@ -4,6 +4,7 @@
 //!
 //! Must not import `http` or `store`.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use git2::{ObjectType, Odb, Oid, Repository, Tree};
@@ -43,6 +44,18 @@ pub fn rule_files(
     extensions: &[String],
     max_bytes: u64,
 ) -> Result<Vec<TreeFile>, String> {
+    rule_files_known(mirror, commit, extensions, max_bytes, &HashMap::new())
+}
+
+/// [`rule_files`], reusing the kind already known for a blob (by its id) instead of reading it:
+/// an update reads only the blobs that changed since the last import.
+pub fn rule_files_known(
+    mirror: &Path,
+    commit: &str,
+    extensions: &[String],
+    max_bytes: u64,
+    known: &HashMap<String, FileKind>,
+) -> Result<Vec<TreeFile>, String> {
     let repo = open(mirror)?;
     let oid = Oid::from_str(commit).map_err(|_| format!("`{commit}` is not a commit id"))?;
     let tree = repo
@@ -67,6 +80,7 @@ pub fn rule_files(
         odb: &odb,
         extensions: &extensions,
         max_bytes,
+        known,
     };
     let mut files = Vec::new();
     walk.tree(&tree, "", &mut files)?;
@@ -94,6 +108,7 @@ struct Walk<'a> {
     odb: &'a Odb<'a>,
     extensions: &'a [Vec<u8>],
     max_bytes: u64,
+    known: &'a HashMap<String, FileKind>,
 }
 
 impl Walk<'_> {
@@ -122,6 +137,12 @@ impl Walk<'_> {
                         FileKind::Skipped("symlink".into())
                     } else if size > self.max_bytes {
                         FileKind::Skipped(format!("too large ({size} bytes)"))
+                    } else if let Some(kind) = self
+                        .known
+                        .get(&id.to_string())
+                        .filter(|_| std::str::from_utf8(name).is_ok())
+                    {
+                        kind.clone()
                     } else {
                         let blob = self.repo.find_blob(id).map_err(failed)?;
                         match std::str::from_utf8(blob.content()) {
@@ -166,6 +187,21 @@ mod tests {
             .iter()
             .map(|f| (f.path.as_str(), f.kind.clone()))
             .collect()
+    }
+
+    #[test]
+    fn known_blobs_are_not_read_again() {
+        let (mirror, commit) = Upstream::mirror_of(&[
+            ("a.yar", b"rule a { condition: true }\n"),
+            ("b.yar", b"rule b { condition: true }\n"),
+        ]);
+        let first = rule_files(mirror.path(), &commit, &yar(), 1 << 20).unwrap();
+        assert!(first.iter().all(|f| f.kind == FileKind::Rule));
+        // A kind recorded for a blob is trusted as it is: the blob is not read to find it.
+        let known = HashMap::from([(first[0].blob_sha.clone(), FileKind::Index)]);
+        let again = rule_files_known(mirror.path(), &commit, &yar(), 1 << 20, &known).unwrap();
+        assert_eq!(again[0].kind, FileKind::Index);
+        assert_eq!(again[1].kind, FileKind::Rule);
     }
 
     #[test]
