@@ -92,13 +92,7 @@ pub async fn update(
     fields: Fields,
 ) -> ApiResult<Json<Value>> {
     let repo = load(&state, &id).await?;
-    if !may_change(&user, &repo) {
-        return Err(ApiError::forbidden(if repo.is_custom {
-            "You may update only your own repositories."
-        } else {
-            "Only a superuser may update a system repository."
-        }));
-    }
+    require_change(&user, &repo, "update")?;
     let input = RepositoryInput::read(&fields, state.settings.allow_local_sources)?;
     let token = match input.token {
         TokenInput::New(token) => Some(token),
@@ -200,13 +194,7 @@ pub async fn import(
     fields: Fields,
 ) -> ApiResult<Json<Value>> {
     let repo = load(&state, &id).await?;
-    if !may_change(&user, &repo) {
-        return Err(ApiError::forbidden(if repo.is_custom {
-            "You may import only your own repositories."
-        } else {
-            "Only a superuser may import a system repository."
-        }));
-    }
+    require_change(&user, &repo, "import")?;
     let paths = fields
         .list("paths")
         .map_err(|m| ApiError::field("paths", m))?;
@@ -228,6 +216,18 @@ pub async fn import(
             Err(error)
         }
     }
+}
+
+/// 403 unless `user` may change `repo` (`verb` names the action in the message).
+fn require_change(user: &User, repo: &Repository, verb: &str) -> ApiResult<()> {
+    if may_change(user, repo) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(if repo.is_custom {
+        format!("You may {verb} only your own repositories.")
+    } else {
+        format!("Only a superuser may {verb} a system repository.")
+    }))
 }
 
 fn may_change(user: &User, repo: &Repository) -> bool {
