@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::ServiceExt;
 use axum::extract::Request;
+use axum::serve::ListenerExt;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tower::Layer;
@@ -16,6 +17,7 @@ use tower::Layer;
 use crate::auth;
 use crate::config::Settings;
 use crate::domain::{Branch, ImportPreference, NewRepository, RepoUrl, RepositoryName, Username};
+use crate::http::auth::TokenCache;
 use crate::http::compat::NormalizePathLayer;
 use crate::jobs::{Importer, UpdateJob};
 use crate::rules::ActiveRules;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub update_job: Arc<UpdateJob>,
     pub scanning: Arc<Scanning>,
     pub retro_hunt: Arc<RetroHunt>,
+    /// Valid tokens seen lately (`http::auth`).
+    pub tokens: Arc<TokenCache>,
 }
 
 /// A started application, bound to its address.
@@ -94,6 +98,7 @@ pub async fn open_state(settings: Settings) -> anyhow::Result<AppState> {
         update_job,
         scanning,
         retro_hunt: Arc::default(),
+        tokens: Arc::default(),
     })
 }
 
@@ -170,15 +175,19 @@ impl App {
             }
             activator.run().await
         });
+        let scanning = self.state.scanning.clone();
         let router = crate::http::router(self.state);
         let service = NormalizePathLayer.layer(router);
-        let served = axum::serve(
-            self.listener,
-            ServiceExt::<Request>::into_make_service(service),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server error");
+        // Answers leave at once instead of waiting on Nagle's algorithm for the client's ACK.
+        let accepting = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+            }
+        });
+        let served = axum::serve(accepting, ServiceExt::<Request>::into_make_service(service))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("server error");
         background.abort();
         scheduler.abort();
         follower.abort();
@@ -186,6 +195,13 @@ impl App {
             listener.abort();
         }
         heartbeat.abort();
+        // What the last scans found is written before the process ends.
+        if tokio::time::timeout(Duration::from_secs(30), scanning.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the last scans were still being recorded at shutdown");
+        }
         served
     }
 }

@@ -18,6 +18,6 @@ pub use ruleset::{
     Author, Diagnostic, GenerationMember, Member, NewRevision, Origin, Revision, Ruleset,
     RulesetName, RulesetStatus, SavedRevision, StoredGeneration, ValidationOutcome,
 };
-pub use sample::{MatchRecord, MatchStats, Sample};
+pub use sample::{MatchRecord, MatchStats, Sample, ScannedSample};
 pub use time::Timestamp;
 pub use user::{User, Username};

@@ -20,6 +20,13 @@ pub struct Sample {
     pub last_seen: Timestamp,
 }
 
+/// What one scan leaves to record: the sample and the rules that matched it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannedSample {
+    pub sample: Sample,
+    pub matches: Vec<MatchRecord>,
+}
+
 /// Match counters of one ruleset (the v2 list's `*_match_count` and `last_matched`), counted in
 /// distinct samples.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -103,6 +103,12 @@ pub async fn metrics(State(state): State<AppState>) -> axum::response::Response 
         "Rule matches reported since start.",
         c.matches.load(Relaxed),
     );
+    metric(
+        "ruleyard_scan_records_lost_total",
+        "counter",
+        "Scans answered whose matches could not be recorded (the database refused them).",
+        state.scanning.lost_records(),
+    );
     (
         [(
             axum::http::header::CONTENT_TYPE,

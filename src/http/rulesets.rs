@@ -103,6 +103,8 @@ pub async fn list(
             "`page` needs `page_size` on this endpoint.",
         ));
     }
+    // Every scan answered so far counts, in the counters and in `capped`.
+    state.scanning.flush().await;
     let generation = state.rulesets.current_generation();
     let all = state.store.rulesets().await?;
     let stats = state.store.match_stats().await?;
@@ -271,6 +273,7 @@ pub async fn detail(
     _user: CurrentUser,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    state.scanning.flush().await;
     let ruleset = state.rulesets.get(&name).await?;
     let generation = state.rulesets.current_generation();
     let latest = latest(&state, &ruleset).await?;

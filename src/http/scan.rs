@@ -4,58 +4,109 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{StatusCode, header};
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::auth::CurrentUser;
-use super::compat::{Fields, PageRequest, RequestUrl, read_body};
+use super::compat::{Fields, PageRequest, RequestUrl};
 use super::error::{ApiError, ApiResult};
 use crate::scanning::ScanFailure;
 use crate::scanning::retro::HuntError;
 
+/// A scanned file as it arrived: its bytes, its SHA-256 and the name its form gave.
+struct Received {
+    data: bytes::Bytes,
+    sha256: String,
+    name: Option<String>,
+}
+
+/// Collects a file's chunks within `limit`, hashing each as it arrives: the digest costs no
+/// extra pass over the data, and for a large upload it is computed while the rest is still on
+/// its way.
+struct Collector {
+    data: bytes::BytesMut,
+    hasher: Sha256,
+}
+
+impl Collector {
+    fn with_capacity(expected: Option<u64>, limit: u64) -> Self {
+        let capacity = expected.unwrap_or(0).min(limit);
+        Collector {
+            data: bytes::BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0)),
+            hasher: Sha256::new(),
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8], limit: u64) -> ApiResult<()> {
+        if (self.data.len() + chunk.len()) as u64 > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        self.hasher.update(chunk);
+        self.data.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    fn finish(self, name: Option<String>) -> Received {
+        Received {
+            data: self.data.freeze(),
+            sha256: hex::encode(self.hasher.finalize()),
+            name,
+        }
+    }
+}
+
+fn malformed(e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request("bad_body", format!("Malformed multipart body: {e}"))
+}
+
 /// The file of a scan: the multipart `file` field (and its file name), or the raw body.
-async fn scanned_file(state: &AppState, req: Request) -> ApiResult<(bytes::Bytes, Option<String>)> {
+async fn scanned_file(state: &AppState, req: Request) -> ApiResult<Received> {
     let limit = state.settings.max_scan_bytes;
     let is_multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
-    if !is_multipart {
-        let (parts, body) = req.into_parts();
-        return Ok((read_body(&parts.headers, body, limit).await?, None));
-    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    if !is_multipart {
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        let mut body = req.into_body();
+        let mut file = Collector::with_capacity(declared, limit);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
+                ApiError::bad_request("bad_body", "The request body could not be read.")
+            })?;
+            if let Some(chunk) = frame.data_ref() {
+                file.push(chunk, limit)?;
+            }
+        }
+        return Ok(file.finish(None));
+    }
     // The form's framing adds a little to the file; refuse what cannot fit at all.
     if declared.is_some_and(|n| n > limit.saturating_add(64 * 1024)) {
         return Err(ApiError::payload_too_large(limit));
     }
     let mut multipart = Multipart::from_request(req, state)
         .await
-        .map_err(|e| ApiError::bad_request("bad_body", format!("Malformed multipart body: {e}")))?;
-    while let Some(mut field) = multipart
-        .next_field()
-        .await
-        .map_err(|e| ApiError::bad_request("bad_body", format!("Malformed multipart body: {e}")))?
-    {
+        .map_err(malformed)?;
+    while let Some(mut field) = multipart.next_field().await.map_err(malformed)? {
         if field.name() != Some("file") {
             continue;
         }
         let name = field.file_name().map(str::to_owned);
-        let mut data = bytes::BytesMut::new();
-        while let Some(chunk) = field.chunk().await.map_err(|e| {
-            ApiError::bad_request("bad_body", format!("Malformed multipart body: {e}"))
-        })? {
-            if (data.len() + chunk.len()) as u64 > limit {
-                return Err(ApiError::payload_too_large(limit));
-            }
-            data.extend_from_slice(&chunk);
+        let mut file = Collector::with_capacity(declared, limit);
+        while let Some(chunk) = field.chunk().await.map_err(malformed)? {
+            file.push(&chunk, limit)?;
         }
-        return Ok((data.freeze(), name));
+        return Ok(file.finish(name));
     }
     Err(ApiError::field(
         "file",
@@ -73,19 +124,18 @@ pub async fn scan(
     if state.rulesets.current_generation().is_none() {
         return Err(not_ready());
     }
-    let (data, field_name) = scanned_file(&state, req).await?;
+    let file = scanned_file(&state, req).await?;
     let filename = url
         .get("filename")
         .filter(|n| !n.is_empty())
         .map(str::to_owned)
-        .or(field_name);
+        .or(file.name);
     let report = state
         .scanning
-        .scan(data, filename, true)
+        .scan(file.data, Some(file.sha256), filename, true)
         .await
         .map_err(|e| match e {
             ScanFailure::NotReady => not_ready(),
-            ScanFailure::Store(e) => e.into(),
             e @ ScanFailure::Engine(_) => ApiError::internal(e),
         })?;
     let mut body = json!({
@@ -133,6 +183,10 @@ pub async fn retro_operation(
         ),
         errors: None,
     };
+    if operation == "START" {
+        // The samples of every scan answered so far are on disk before the hunt lists them.
+        state.scanning.flush().await;
+    }
     match operation.as_str() {
         "START" => match state.retro_hunt.start(state.scanning.clone()) {
             Ok(()) => Ok(Json(
@@ -181,6 +235,8 @@ pub async fn matches(
             "`page` needs `page_size` on this endpoint.",
         ));
     }
+    // Every scan answered so far counts.
+    state.scanning.flush().await;
     let mut ids = Vec::with_capacity(names.len());
     for name in &names {
         ids.push(state.rulesets.get(name).await?.id);

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use super::LoadedGeneration;
 
@@ -24,6 +25,8 @@ pub struct RuleMatch {
 /// What a scan found.
 #[derive(Debug, Clone)]
 pub struct ScanOutcome {
+    /// SHA-256 of the scanned data, lower-case hex (computed by the worker, after the scan).
+    pub sha256: String,
     pub matches: Vec<RuleMatch>,
     pub timed_out: bool,
     pub error: Option<String>,
@@ -61,6 +64,8 @@ struct Job {
     data: bytes::Bytes,
     globals: ScanGlobals,
     timeout: Duration,
+    /// The data's SHA-256 when the caller computed it already.
+    sha256: Option<String>,
     reply: tokio::sync::oneshot::Sender<ScanOutcome>,
 }
 
@@ -69,7 +74,10 @@ pub struct ScanPool {
 }
 
 impl ScanPool {
-    /// Starts `workers` threads (at least one).
+    /// Starts `workers` threads (at least one). They run at a lower CPU priority than the
+    /// threads that serve requests: when every core is scanning, a request's short steps (reading
+    /// the body, answering, the next request's arrival) still get a core at once instead of
+    /// waiting for a scan's time slice to end, so the scan workers are not left waiting for work.
     pub fn new(workers: usize) -> Self {
         let (tx, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -77,7 +85,10 @@ impl ScanPool {
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("scan-{i}"))
-                .spawn(move || worker(&rx))
+                .spawn(move || {
+                    lower_priority();
+                    worker(&rx)
+                })
                 .expect("start a scan worker");
         }
         ScanPool {
@@ -85,11 +96,13 @@ impl ScanPool {
         }
     }
 
-    /// Scans `data` with `generation`, bounded by `timeout`.
+    /// Scans `data` with `generation`, bounded by `timeout`. The outcome carries `sha256`, or
+    /// the worker computes it.
     pub async fn scan(
         &self,
         generation: Arc<LoadedGeneration>,
         data: bytes::Bytes,
+        sha256: Option<String>,
         globals: ScanGlobals,
         timeout: Duration,
     ) -> ScanOutcome {
@@ -103,9 +116,11 @@ impl ScanPool {
                 data,
                 globals,
                 timeout,
+                sha256,
                 reply,
             });
         let failed = |message: &str| ScanOutcome {
+            sha256: String::new(),
             matches: Vec::new(),
             timed_out: false,
             error: Some(message.to_owned()),
@@ -117,6 +132,32 @@ impl ScanPool {
         answer
             .await
             .unwrap_or_else(|_| failed("a scan worker stopped during the scan"))
+    }
+}
+
+/// How much lower than the server's other threads the scan workers run (a `nice` increment).
+const SCAN_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's CPU priority by [`SCAN_NICENESS`] (Linux sets it per thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread; no memory is shared with the kernel.
+        let done = unsafe {
+            let tid = libc::gettid();
+            let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+            libc::setpriority(
+                libc::PRIO_PROCESS,
+                tid as libc::id_t,
+                now.saturating_add(SCAN_NICENESS),
+            )
+        };
+        if done != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "cannot lower a scan worker's priority"
+            );
+        }
     }
 }
 
@@ -162,25 +203,27 @@ fn run(scanner: &mut yara_x::Scanner<'_>, job: &Job) -> ScanOutcome {
     let started = Instant::now();
     let result = scanner.scan(&job.data);
     let duration = started.elapsed();
-    match result {
-        Ok(results) => ScanOutcome {
-            matches: results.matching_rules().map(|r| rule_match(&r)).collect(),
-            timed_out: false,
-            error: None,
-            duration,
-        },
-        Err(yara_x::ScanError::Timeout) => ScanOutcome {
-            matches: Vec::new(),
-            timed_out: true,
-            error: None,
-            duration,
-        },
-        Err(e) => ScanOutcome {
-            matches: Vec::new(),
-            timed_out: false,
-            error: Some(e.to_string()),
-            duration,
-        },
+    let (matches, timed_out, error) = match result {
+        Ok(results) => (
+            results.matching_rules().map(|r| rule_match(&r)).collect(),
+            false,
+            None,
+        ),
+        Err(yara_x::ScanError::Timeout) => (Vec::new(), true, None),
+        Err(e) => (Vec::new(), false, Some(e.to_string())),
+    };
+    // When the caller has no digest, hashing here, after the scan, saves a hop to another
+    // thread.
+    let sha256 = job
+        .sha256
+        .clone()
+        .unwrap_or_else(|| hex::encode(Sha256::digest(&job.data)));
+    ScanOutcome {
+        sha256,
+        matches,
+        timed_out,
+        error,
+        duration,
     }
 }
 
@@ -238,6 +281,43 @@ mod tests {
         assert_eq!(g.filepath, "dir/sub/Evil.EXE");
         assert_eq!(g.extension, "exe");
         assert_eq!(ScanGlobals::from_name(None).filename, "");
+    }
+
+    /// The `nice` value of a thread (or of the process), from its `stat` file.
+    #[cfg(target_os = "linux")]
+    fn niceness(stat: &str) -> i32 {
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        // After the name: state is field 3 of stat(5), nice is field 19.
+        fields[19 - 3].parse().unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn scan_workers_run_below_the_request_threads() {
+        let _pool = ScanPool::new(2);
+        let base = niceness(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+        let mut workers = Vec::new();
+        // The workers lower their priority as their first step; give them a moment to start.
+        for _ in 0..100 {
+            workers.clear();
+            for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+                let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+                if comm.trim_end().starts_with("scan-") {
+                    let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+                    workers.push(niceness(&stat));
+                }
+            }
+            if workers.len() >= 2 && workers.iter().all(|n| *n > base) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(workers.len() >= 2, "the pool's threads are found");
+        let expected = (base + SCAN_NICENESS).min(19);
+        assert!(
+            workers.iter().all(|n| *n == expected),
+            "scan workers at nice {expected} (the rest at {base}): {workers:?}"
+        );
     }
 
     #[test]

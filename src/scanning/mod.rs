@@ -4,22 +4,22 @@
 //!
 //! Must not import `http`.
 
+pub mod recorder;
 pub mod retro;
 pub mod samples;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
+pub use recorder::{CapRule, Recorder, Recording};
 pub use retro::RetroHunt;
 pub use samples::SampleFiles;
 
 use crate::config::Settings;
-use crate::domain::{MatchRecord, Sample, Timestamp};
+use crate::domain::{MatchRecord, Sample, ScannedSample, Timestamp};
 use crate::rules::{LoadedGeneration, ScanGlobals, ScanOutcome, ScanPool, classify};
 use crate::rulesets::Rulesets;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanFailure {
@@ -27,8 +27,6 @@ pub enum ScanFailure {
     NotReady,
     #[error("the scan failed: {0}")]
     Engine(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// A finished scan.
@@ -50,10 +48,10 @@ pub struct ScanCounters {
 
 pub struct Scanning {
     pub counters: ScanCounters,
-    store: Arc<dyn Store>,
     rulesets: Arc<Rulesets>,
     pool: ScanPool,
     samples: Option<Arc<SampleFiles>>,
+    recorder: Recorder,
     settings: Arc<Settings>,
 }
 
@@ -66,9 +64,15 @@ impl Scanning {
                 settings.samples_max_bytes,
             ))
         });
+        let cap = CapRule {
+            cap: i64::try_from(settings.match_cap).unwrap_or(i64::MAX),
+            window_ms: i64::try_from(settings.match_cap_window_seconds)
+                .unwrap_or(i64::MAX / 2_000)
+                .saturating_mul(1000),
+        };
         Scanning {
             counters: ScanCounters::default(),
-            store,
+            recorder: Recorder::start(store, samples.clone(), cap),
             rulesets,
             pool: ScanPool::new(workers),
             samples,
@@ -80,10 +84,25 @@ impl Scanning {
         self.samples.as_ref()
     }
 
-    /// Scans `data` with the generation current now and records what matched.
+    /// Waits until every scan answered so far is recorded and its sample kept.
+    pub async fn flush(&self) {
+        self.recorder.flush().await;
+    }
+
+    /// Scans whose records were lost (the database refused them after retries).
+    pub fn lost_records(&self) -> u64 {
+        self.recorder
+            .lost
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Scans `data` (whose SHA-256 the caller may know already) with the generation current now;
+    /// what matched is recorded (and the sample kept, with `keep`) in the background:
+    /// [`Scanning::flush`] waits for that.
     pub async fn scan(
         &self,
         data: bytes::Bytes,
+        sha256: Option<String>,
         filename: Option<String>,
         keep: bool,
     ) -> Result<ScanReport, ScanFailure> {
@@ -92,19 +111,16 @@ impl Scanning {
             .current_generation()
             .ok_or(ScanFailure::NotReady)?;
         let size = data.len();
-        // The digest runs on a blocking thread alongside the scan, not before it.
-        let digest = {
-            let data = data.clone();
-            tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&data)))
-        };
-        let scanned = self.pool.scan(
-            generation.clone(),
-            data.clone(),
-            ScanGlobals::from_name(filename.as_deref()),
-            Duration::from_secs(self.settings.scan_timeout_seconds),
-        );
-        let (digest, outcome) = tokio::join!(digest, scanned);
-        let sha256 = digest.map_err(|e| ScanFailure::Engine(e.to_string()))?;
+        let outcome = self
+            .pool
+            .scan(
+                generation.clone(),
+                data.clone(),
+                sha256,
+                ScanGlobals::from_name(filename.as_deref()),
+                Duration::from_secs(self.settings.scan_timeout_seconds),
+            )
+            .await;
         if let Some(error) = &outcome.error {
             return Err(ScanFailure::Engine(error.clone()));
         }
@@ -119,7 +135,7 @@ impl Scanning {
                 .matches
                 .fetch_add(outcome.matches.len() as u64, Relaxed);
         }
-        let records: Vec<MatchRecord> = outcome
+        let matches: Vec<MatchRecord> = outcome
             .matches
             .iter()
             .filter_map(|m| {
@@ -134,39 +150,22 @@ impl Scanning {
             })
             .collect();
         let now = Timestamp::now();
-        let sample = Sample {
-            sha256: sha256.clone(),
-            size: size as i64,
-            filename,
-            first_seen: now,
-            last_seen: now,
-        };
-        let window_ms = i64::try_from(self.settings.match_cap_window_seconds)
-            .unwrap_or(i64::MAX / 2_000)
-            * 1000;
-        let capped = self
-            .store
-            .record_scan(
-                &sample,
-                &records,
-                i64::try_from(self.settings.match_cap).unwrap_or(i64::MAX),
-                now.millis() - window_ms,
-            )
-            .await?;
-        for id in capped {
-            tracing::warn!(
-                ruleset = id,
-                "ruleset capped: it matched more samples than the match cap"
-            );
-        }
-        if keep && let Some(files) = &self.samples {
-            let (files, sha, data) = (files.clone(), sha256.clone(), data.clone());
-            match tokio::task::spawn_blocking(move || files.keep(&sha, &data)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot keep a scanned sample"),
-                Err(e) => tracing::warn!(error = %e, "cannot keep a scanned sample"),
-            }
-        }
+        let sha256 = outcome.sha256.clone();
+        self.recorder
+            .record(Recording {
+                scanned: ScannedSample {
+                    sample: Sample {
+                        sha256: sha256.clone(),
+                        size: size as i64,
+                        filename,
+                        first_seen: now,
+                        last_seen: now,
+                    },
+                    matches,
+                },
+                keep: (keep && self.samples.is_some()).then_some(data),
+            })
+            .await;
         Ok(ScanReport {
             sha256,
             size,

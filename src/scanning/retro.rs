@@ -81,7 +81,7 @@ impl RetroHunt {
                 }
                 match tokio::fs::read(&path).await {
                     Ok(data) => {
-                        if let Err(e) = scanning.scan(data.into(), None, false).await {
+                        if let Err(e) = scanning.scan(data.into(), None, None, false).await {
                             tracing::warn!(sample = %sha256, error = %e, "retro hunt: scan failed");
                         }
                     }

@@ -15,9 +15,9 @@ mod sqlite;
 use async_trait::async_trait;
 
 use crate::domain::{
-    FileRecord, GenerationMember, ImportApplied, ImportBatch, MatchRecord, MatchStats, Member,
-    NewRepository, NewRevision, RepoOutcome, Repository, RepositoryFilter, Revision, Ruleset,
-    Sample, SavedRevision, StoredGeneration, UpdateRun, User, Username,
+    FileRecord, GenerationMember, ImportApplied, ImportBatch, MatchStats, Member, NewRepository,
+    NewRevision, RepoOutcome, Repository, RepositoryFilter, Revision, Ruleset, Sample,
+    SavedRevision, ScannedSample, StoredGeneration, UpdateRun, User, Username,
 };
 
 pub use nodes::{GENERATION_CHANNEL, NodeBeat};
@@ -185,15 +185,14 @@ pub trait Store: Send + Sync + 'static {
     async fn release_leases_of_node(&self, node: &str) -> StoreResult<u64>;
     async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()>;
 
-    /// Records a scanned sample and the rules that matched it (one transaction). A ruleset that
-    /// matched more than `cap` samples since `window_start` becomes capped; the ids of those
-    /// capped now are returned.
-    async fn record_scan(
+    /// Records scanned samples and the rules that matched them, in order, in one transaction. A
+    /// ruleset that matched more than `cap` samples in the `window_ms` before a scan becomes
+    /// capped (and records nothing more); the ids of those capped now are returned.
+    async fn record_scans(
         &self,
-        sample: &Sample,
-        matches: &[MatchRecord],
+        scans: &[ScannedSample],
         cap: i64,
-        window_start: i64,
+        window_ms: i64,
     ) -> StoreResult<Vec<i64>>;
     /// Per ruleset: distinct matching samples per classification, and the last match.
     async fn match_stats(&self) -> StoreResult<std::collections::HashMap<i64, MatchStats>>;

@@ -5,79 +5,87 @@ use std::collections::HashMap;
 use sqlx::Row;
 
 use super::{Page, SqlStore, StoreResult};
-use crate::domain::{MatchRecord, MatchStats, Sample, Timestamp};
+use crate::domain::{MatchStats, Sample, ScannedSample, Timestamp};
 
 impl SqlStore {
-    pub(super) async fn q_record_scan(
+    pub(super) async fn q_record_scans(
         &self,
-        sample: &Sample,
-        matches: &[MatchRecord],
+        scans: &[ScannedSample],
         cap: i64,
-        window_start: i64,
+        window_ms: i64,
     ) -> StoreResult<Vec<i64>> {
+        if scans.is_empty() {
+            return Ok(Vec::new());
+        }
         let _guard = self.write_guard().await;
-        let now = Timestamp::now().millis();
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO samples (sha256, size, filename, first_seen, last_seen) \
-             VALUES ($1, $2, $3, $4, $4) ON CONFLICT (sha256) DO UPDATE SET \
-               last_seen = excluded.last_seen, \
-               filename = COALESCE(excluded.filename, samples.filename)",
-        )
-        .bind(sample.sha256.as_str())
-        .bind(sample.size)
-        .bind(sample.filename.clone())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let mut touched: Vec<i64> = matches.iter().map(|m| m.ruleset_id).collect();
-        touched.sort_unstable();
-        touched.dedup();
         let mut capped = Vec::new();
-        for id in &touched {
-            let row = sqlx::query("SELECT capped_at, cap_lifted_at FROM rulesets WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(row) = row else { continue };
-            // A capped ruleset records nothing until it is edited or re-enabled.
-            if row.try_get::<Option<i64>, _>("capped_at")?.is_some() {
-                continue;
-            }
-            // Matches from before the cap was last lifted no longer count.
-            let since = row
-                .try_get::<Option<i64>, _>("cap_lifted_at")?
-                .map_or(window_start, |lifted| lifted.max(window_start));
-            for m in matches.iter().filter(|m| m.ruleset_id == *id) {
-                sqlx::query(
-                    "INSERT INTO matches (sha256, ruleset_id, rule, classification, matched_at) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (sha256, ruleset_id, rule) DO UPDATE \
-                       SET matched_at = excluded.matched_at, classification = excluded.classification",
-                )
-                .bind(sample.sha256.as_str())
-                .bind(m.ruleset_id)
-                .bind(m.rule.as_str())
-                .bind(m.classification.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            let recent: i64 = sqlx::query(
-                "SELECT COUNT(DISTINCT sha256) AS n FROM matches \
-                 WHERE ruleset_id = $1 AND matched_at >= $2",
+        for ScannedSample { sample, matches } in scans {
+            // Recorded at the time of the scan, not of this (possibly later, batched) write.
+            let now = sample.last_seen.millis();
+            let window_start = now.saturating_sub(window_ms);
+            sqlx::query(
+                "INSERT INTO samples (sha256, size, filename, first_seen, last_seen) \
+                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT (sha256) DO UPDATE SET \
+                   last_seen = excluded.last_seen, \
+                   filename = COALESCE(excluded.filename, samples.filename)",
             )
-            .bind(id)
-            .bind(since)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("n")?;
-            if recent > cap {
-                sqlx::query("UPDATE rulesets SET capped_at = $1 WHERE id = $2")
+            .bind(sample.sha256.as_str())
+            .bind(sample.size)
+            .bind(sample.filename.clone())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let mut touched: Vec<i64> = matches.iter().map(|m| m.ruleset_id).collect();
+            touched.sort_unstable();
+            touched.dedup();
+            for id in &touched {
+                let row =
+                    sqlx::query("SELECT capped_at, cap_lifted_at FROM rulesets WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                // A ruleset deleted since the scan records nothing.
+                let Some(row) = row else { continue };
+                // A capped ruleset records nothing until it is edited or re-enabled.
+                if row.try_get::<Option<i64>, _>("capped_at")?.is_some() {
+                    continue;
+                }
+                // Matches from before the cap was last lifted no longer count.
+                let since = row
+                    .try_get::<Option<i64>, _>("cap_lifted_at")?
+                    .map_or(window_start, |lifted| lifted.max(window_start));
+                for m in matches.iter().filter(|m| m.ruleset_id == *id) {
+                    sqlx::query(
+                        "INSERT INTO matches (sha256, ruleset_id, rule, classification, matched_at) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (sha256, ruleset_id, rule) DO UPDATE \
+                           SET matched_at = excluded.matched_at, classification = excluded.classification",
+                    )
+                    .bind(sample.sha256.as_str())
+                    .bind(m.ruleset_id)
+                    .bind(m.rule.as_str())
+                    .bind(m.classification.as_str())
                     .bind(now)
-                    .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                capped.push(*id);
+                }
+                let recent: i64 = sqlx::query(
+                    "SELECT COUNT(DISTINCT sha256) AS n FROM matches \
+                     WHERE ruleset_id = $1 AND matched_at >= $2",
+                )
+                .bind(id)
+                .bind(since)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+                if recent > cap {
+                    sqlx::query("UPDATE rulesets SET capped_at = $1 WHERE id = $2")
+                        .bind(now)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    capped.push(*id);
+                }
             }
         }
         tx.commit().await?;

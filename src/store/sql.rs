@@ -8,9 +8,9 @@ use sqlx::{AnyPool, Row};
 
 use super::{Backend, Page, RepositoryClash, Store, StoreError, StoreResult, SystemRepositorySpec};
 use crate::domain::{
-    FileRecord, GenerationMember, ImportApplied, ImportBatch, ImportPreference, MatchRecord,
-    MatchStats, Member, NewRepository, NewRevision, RepoOutcome, Repository, RepositoryFilter,
-    Revision, Ruleset, Sample, SavedRevision, SourceType, StoredGeneration, SyncState, Timestamp,
+    FileRecord, GenerationMember, ImportApplied, ImportBatch, ImportPreference, MatchStats, Member,
+    NewRepository, NewRevision, RepoOutcome, Repository, RepositoryFilter, Revision, Ruleset,
+    Sample, SavedRevision, ScannedSample, SourceType, StoredGeneration, SyncState, Timestamp,
     UpdateRun, User, Username,
 };
 
@@ -546,14 +546,13 @@ impl Store for SqlStore {
         self.q_release_lease(name, holder).await
     }
 
-    async fn record_scan(
+    async fn record_scans(
         &self,
-        sample: &Sample,
-        matches: &[MatchRecord],
+        scans: &[ScannedSample],
         cap: i64,
-        window_start: i64,
+        window_ms: i64,
     ) -> StoreResult<Vec<i64>> {
-        self.q_record_scan(sample, matches, cap, window_start).await
+        self.q_record_scans(scans, cap, window_ms).await
     }
 
     async fn latest_generation_head(&self) -> StoreResult<Option<(i64, Timestamp)>> {

@@ -13,6 +13,7 @@ backend_tests!(
     scan_results_equal_yara_x_on_the_same_rules_and_files,
     bodies_names_limits_and_timeouts,
     matches_and_counters_follow_scans,
+    concurrent_scans_are_all_recorded_under_their_digest,
     every_scan_sees_one_whole_generation,
     a_ruleset_over_the_match_cap_is_capped_until_edited,
     the_local_retro_hunt_rescans_kept_samples,
@@ -282,6 +283,82 @@ async fn matches_and_counters_follow_scans(backend: Backend) {
     assert!(rulesets["Alpha_Set"]["last_matched"].is_string());
 }
 
+/// Scans answer before their matches are written (in batches, in the background); a query made
+/// after the answers still sees every one, each under the SHA-256 of what was sent.
+async fn concurrent_scans_are_all_recorded_under_their_digest(backend: Backend) {
+    use sha2::Digest;
+    let app = TestApp::spawn(backend).await;
+    let rule = "rule delta_hit : suspicious { strings: $d = \"delta\" condition: $d }\n";
+    assert_eq!(
+        app.save_ruleset(&app.admin_token, "Delta_Set", rule)
+            .await
+            .status(),
+        201
+    );
+    app.wait_status("Delta_Set", "active").await;
+    // Distinct samples, one of them large enough to arrive in many chunks.
+    let mut samples: Vec<Vec<u8>> = (0..40)
+        .map(|i| format!("delta sample {i}").into_bytes())
+        .collect();
+    let mut large = vec![0x5Au8; 3 * 1024 * 1024];
+    large[1_000_000..1_000_005].copy_from_slice(b"delta");
+    samples.push(large);
+    let scans = samples.iter().enumerate().map(|(i, sample)| {
+        let app = &app;
+        async move {
+            // Half raw bodies, half multipart forms.
+            let res = if i % 2 == 0 {
+                scan(app, "/api/yara/scan/", sample.clone()).await
+            } else {
+                let part =
+                    reqwest::multipart::Part::bytes(sample.clone()).file_name(format!("s{i}"));
+                app.request(Method::POST, "/api/yara/scan/", &app.admin_token)
+                    .multipart(reqwest::multipart::Form::new().part("file", part))
+                    .send()
+                    .await
+                    .unwrap()
+            };
+            ok_json(res).await
+        }
+    });
+    let answers = futures::future::join_all(scans).await;
+    let mut expected = BTreeSet::new();
+    for (sample, answer) in samples.iter().zip(&answers) {
+        let digest = hex::encode(sha2::Sha256::digest(sample));
+        assert_eq!(
+            answer["sha256"],
+            digest.as_str(),
+            "the digest of what was sent"
+        );
+        assert_eq!(answer["size"], sample.len());
+        assert_eq!(
+            matched(answer),
+            BTreeSet::from(["Delta_Set:delta_hit".to_owned()])
+        );
+        expected.insert(digest);
+    }
+    let found = ok_json(
+        app.get(
+            "/api/yara/v2/ruleset/matches/?name=Delta_Set&page=1&page_size=100",
+            &app.admin_token,
+        )
+        .await,
+    )
+    .await;
+    let recorded: BTreeSet<String> = found["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sha256"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recorded, expected, "every answered scan is recorded");
+    let rulesets = app.rulesets().await;
+    assert_eq!(
+        rulesets["Delta_Set"]["suspicious_match_count"],
+        samples.len()
+    );
+}
+
 async fn every_scan_sees_one_whole_generation(backend: Backend) {
     let app = std::sync::Arc::new(TestApp::spawn(backend).await);
     let version =
@@ -401,7 +478,9 @@ async fn the_local_retro_hunt_rescans_kept_samples(backend: Backend) {
         assert!(body["matches"].as_array().unwrap().is_empty());
         shas.insert(body["sha256"].as_str().unwrap().to_owned());
     }
-    // Samples are kept content-addressed in the data directory.
+    // Samples are kept content-addressed in the data directory, by the background writer: on
+    // disk once it has caught up with the scans answered.
+    app.state.scanning.flush().await;
     for sha in &shas {
         let path = app
             .state
