@@ -12,43 +12,16 @@
 
 #[path = "corpus.rs"]
 mod corpus;
+#[path = "support.rs"]
+mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-struct Node {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn memory_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 #[tokio::main]
@@ -63,9 +36,7 @@ async fn main() {
         );
         return;
     };
-    let binary = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/ruleyard").into());
+    let binary = support::server_binary();
     let db = format!("ruleyard_bench_{}", std::process::id());
     let psql = |sql: &str| {
         let ok = Command::new("psql")
@@ -80,79 +51,22 @@ async fn main() {
     let mut url = url::Url::parse(&admin_url).unwrap();
     url.set_path(&format!("/{db}"));
     let key = "YmVuY2gtY2x1c3Rlci1rZXktMDEyMzQ1Njc4OWFiY2Q=";
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut nodes = Vec::new();
-    for (i, data) in dirs.iter().enumerate() {
-        let port = free_port();
-        let child = Command::new(&binary)
-            .arg("serve")
-            .env("RULEYARD_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RULEYARD_DATA_DIR", data.path())
-            .env("RULEYARD_DATABASE_URL", url.as_str())
-            .env("RULEYARD_SECRET_KEY", key)
-            .env("RULEYARD_NODE_NAME", format!("node-{}", i + 1))
-            .env("RULEYARD_ADMIN_PASSWORD", "bench-password")
-            .env("RULEYARD_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start a node");
-        nodes.push(Node {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        });
-    }
     let client = reqwest::Client::new();
-    let started = Instant::now();
-    let token = loop {
-        if let Ok(res) = client
-            .post(format!("{}/api-token-auth/", nodes[0].base))
-            .form(&[("username", "admin"), ("password", "bench-password")])
-            .send()
-            .await
-            && res.status() == 200
-        {
-            break res.json::<Value>().await.unwrap()["token"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "nodes did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let auth = format!("Token {token}");
-    for node in &nodes[1..] {
-        while client
-            .get(format!("{}/readyz", node.base))
-            .send()
-            .await
-            .map(|r| r.status() != 200)
-            .unwrap_or(true)
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        let name = format!("node-{i}");
+        let env = [
+            ("RULEYARD_DATABASE_URL", url.as_str()),
+            ("RULEYARD_SECRET_KEY", key),
+            ("RULEYARD_NODE_NAME", name.as_str()),
+        ];
+        nodes.push(support::Server::start(&binary, &env, client.clone()).await);
     }
+    let auth = nodes[0].auth.clone();
     let mut count = 0;
-    for (b, bundle) in corpus::BUNDLES.iter().enumerate() {
-        for (i, (_, text)) in corpus::rule_files(&dir.join(format!("{bundle}.bundle")))
-            .into_iter()
-            .enumerate()
-        {
-            if ruleyard::rules::contains_include(&text) {
-                continue;
-            }
-            let name = format!("b{b}_{i}");
-            client
-                .post(format!("{}/api/yara/ruleset/", nodes[0].base))
-                .header("Authorization", &auth)
-                .form(&[("name", name.as_str()), ("content", text.as_str())])
-                .send()
-                .await
-                .unwrap();
-            count += 1;
-        }
+    for (name, text) in support::corpus_rule_files(&dir) {
+        nodes[0].save_ruleset(&name, &text).await;
+        count += 1;
     }
     println!("{count} rulesets uploaded through node 1");
     let sync = |base: String| {
@@ -216,8 +130,8 @@ async fn main() {
         println!(
             "node-{}: VmRSS {:.0} MiB, VmHWM {:.0} MiB",
             i + 1,
-            memory_mib(node.child.id(), "VmRSS:"),
-            memory_mib(node.child.id(), "VmHWM:")
+            mib(support::memory_kib(node.pid()).0),
+            mib(support::memory_kib(node.pid()).1)
         );
     }
     drop(nodes);

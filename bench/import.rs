@@ -10,6 +10,8 @@
 
 #[path = "corpus.rs"]
 mod corpus;
+#[path = "support.rs"]
+mod support;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -40,14 +42,6 @@ fn git(dir: &Path, args: &[&str]) {
         .unwrap()
         .success();
     assert!(ok, "git {args:?}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn compile_each(files: &[(String, String)]) {
@@ -115,9 +109,7 @@ async fn main() {
         eprintln!("skipped: no corpora (set RULEYARD_CORPORA or provide ../shared/corpora)");
         return;
     };
-    let binary = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/ruleyard").into());
+    let binary = support::server_binary();
     let up = tempfile::tempdir().unwrap();
     for bundle in corpus::BUNDLES {
         git(
@@ -133,7 +125,7 @@ async fn main() {
             ],
         );
     }
-    let daemon_port = free_port();
+    let daemon_port = support::free_port();
     let _daemon = Kill(
         Command::new("git")
             .args([
@@ -159,46 +151,19 @@ async fn main() {
         "rule_extensions = [\".yar\", \".yara\", \".rule\"]\nsystem_repositories = []\n",
     )
     .unwrap();
-    let port = free_port();
-    let _server = Kill(
-        Command::new(&binary)
-            .args(["--config", config.to_str().unwrap(), "serve"])
-            .env("RULEYARD_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RULEYARD_DATA_DIR", data.path())
-            .env("RULEYARD_ADMIN_PASSWORD", "bench-password")
-            .env("RULEYARD_YARA_SYNC", "true")
-            .env("RULEYARD_UPDATE_INTERVAL_SECONDS", "0")
-            .env("RULEYARD_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the server"),
-    );
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    let token = loop {
-        if let Ok(res) = http
-            .post(format!("{base}/api-token-auth/"))
-            .form(&[("username", "admin"), ("password", "bench-password")])
-            .send()
-            .await
-            && res.status() == 200
-        {
-            break res.json::<Value>().await.unwrap()["token"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let server = support::Server::start(
+        &binary,
+        &[
+            ("RULEYARD_CONFIG", config.to_str().unwrap()),
+            ("RULEYARD_UPDATE_INTERVAL_SECONDS", "0"),
+        ],
+        reqwest::Client::new(),
+    )
+    .await;
     let client = Client {
-        http,
-        base,
-        auth: format!("Token {token}"),
+        http: server.client.clone(),
+        base: server.base.clone(),
+        auth: server.auth.clone(),
     };
 
     println!(

@@ -8,29 +8,12 @@
 
 #[path = "corpus.rs"]
 mod corpus;
+#[path = "support.rs"]
+mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-}
 
 fn direct_compile(sources: &[(String, String)]) -> (Duration, usize) {
     let started = Instant::now();
@@ -56,84 +39,19 @@ async fn main() {
         eprintln!("skipped: no corpora (set RULEYARD_CORPORA or provide ../shared/corpora)");
         return;
     };
-    let binary = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/ruleyard").into());
-    let mut files = Vec::new();
-    for (b, bundle) in corpus::BUNDLES.iter().enumerate() {
-        for (i, (_, text)) in corpus::rule_files(&dir.join(format!("{bundle}.bundle")))
-            .into_iter()
-            .enumerate()
-        {
-            if !ruleyard::rules::contains_include(&text) {
-                files.push((format!("b{b}_{i}"), text));
-            }
-        }
-    }
+    let binary = support::server_binary();
+    let files = support::corpus_rule_files(&dir);
     println!(
         "{} rule files from {} bundles",
         files.len(),
         corpus::BUNDLES.len()
     );
 
-    let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = Server(
-        Command::new(&binary)
-            .arg("serve")
-            .env("RULEYARD_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RULEYARD_DATA_DIR", data.path())
-            .env("RULEYARD_ADMIN_PASSWORD", "bench-password")
-            .env("RULEYARD_YARA_SYNC", "true")
-            .env("RULEYARD_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the server"),
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let ready = Instant::now();
-    loop {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(
-            ready.elapsed() < Duration::from_secs(60),
-            "server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let token: Value = client
-        .post(format!("{base}/api-token-auth/"))
-        .form(&[("username", "admin"), ("password", "bench-password")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let auth = format!("Token {}", token["token"].as_str().unwrap());
-
+    let server = support::Server::start(&binary, &[], reqwest::Client::new()).await;
     let upload = Instant::now();
     let mut valid = Vec::new();
     for (name, text) in &files {
-        let body: Value = client
-            .post(format!("{base}/api/yara/ruleset/"))
-            .header("Authorization", &auth)
-            .form(&[("name", name.as_str()), ("content", text.as_str())])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if body["detail"]["valid"] == true {
+        if server.save_ruleset(name, text).await {
             valid.push((name.clone(), text.clone()));
         }
     }
@@ -143,24 +61,13 @@ async fn main() {
         upload.elapsed().as_secs_f64(),
         valid.len()
     );
-    let sync = |client: reqwest::Client, base: String, auth: String| async move {
-        let v: Value = client
-            .get(format!("{base}/api/yara/sync/"))
-            .header("Authorization", auth)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["nodes"][0]["generation"].as_i64()
-    };
-    let before = sync(client.clone(), base.clone(), auth.clone()).await;
+    let before = server.serving_generation().await;
 
     let started = Instant::now();
-    let report: Value = client
-        .post(format!("{base}/api/yara/publish/all"))
-        .header("Authorization", &auth)
+    let report: Value = server
+        .client
+        .post(format!("{}/api/yara/publish/all", server.base))
+        .header("Authorization", &server.auth)
         .send()
         .await
         .unwrap()
@@ -168,14 +75,14 @@ async fn main() {
         .await
         .unwrap();
     loop {
-        let now = sync(client.clone(), base.clone(), auth.clone()).await;
+        let now = server.serving_generation().await;
         if now.is_some() && now != before {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let publish = started.elapsed();
-    let peak = peak_rss_kib(server.0.id()).unwrap_or(0);
+    let (_, peak) = support::memory_kib(server.pid());
 
     let (direct, rules) = direct_compile(&valid);
     println!(

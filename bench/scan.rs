@@ -19,6 +19,8 @@
 
 #[path = "corpus.rs"]
 mod corpus;
+#[path = "support.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,29 +41,6 @@ const ROUNDS: usize = 7;
 const SCAN_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const PYTHON_LIMIT: Duration = Duration::from_secs(1800);
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// (VmRSS, VmHWM) in KiB.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
@@ -439,21 +418,9 @@ async fn main() {
         eprintln!("skipped: no corpora (set RULEYARD_CORPORA or provide ../shared/corpora)");
         return;
     };
-    let binary = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/ruleyard").into());
+    let binary = support::server_binary();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut rule_files = Vec::new();
-    for (b, bundle) in corpus::BUNDLES.iter().enumerate() {
-        for (i, (_, text)) in corpus::rule_files(&dir.join(format!("{bundle}.bundle")))
-            .into_iter()
-            .enumerate()
-        {
-            if !ruleyard::rules::contains_include(&text) {
-                rule_files.push((format!("b{b}_{i}"), text));
-            }
-        }
-    }
+    let rule_files = support::corpus_rule_files(&dir);
     let files = Arc::new(pick_files());
     let bytes: u64 = files.iter().map(|f| f.data.len() as u64).sum();
     let libs = files
@@ -470,83 +437,21 @@ async fn main() {
         largest as f64 / 1e6
     );
 
-    let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = Server(
-        Command::new(&binary)
-            .arg("serve")
-            .env("RULEYARD_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RULEYARD_DATA_DIR", data.path())
-            .env("RULEYARD_ADMIN_PASSWORD", "bench-password")
-            .env("RULEYARD_YARA_SYNC", "true")
-            .env("RULEYARD_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the server"),
-    );
-    let pid = server.0.id();
-    let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .build()
         .unwrap();
-    let ready = Instant::now();
-    loop {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(
-            ready.elapsed() < Duration::from_secs(60),
-            "server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let token: Value = client
-        .post(format!("{base}/api-token-auth/"))
-        .form(&[("username", "admin"), ("password", "bench-password")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let auth = format!("Token {}", token["token"].as_str().unwrap());
+    let server = support::Server::start(&binary, &[], client.clone()).await;
+    let pid = server.pid();
+    let (base, auth) = (server.base.clone(), server.auth.clone());
 
     let mut valid = Vec::new();
     for (name, text) in &rule_files {
-        let body: Value = client
-            .post(format!("{base}/api/yara/ruleset/"))
-            .header("Authorization", &auth)
-            .form(&[("name", name.as_str()), ("content", text.as_str())])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if body["detail"]["valid"] == true {
+        if server.save_ruleset(name, text).await {
             valid.push((name.clone(), text.clone()));
         }
     }
-    let serving = || async {
-        let v: Value = client
-            .get(format!("{base}/api/yara/sync/"))
-            .header("Authorization", &auth)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["nodes"][0]["generation"].as_i64()
-    };
-    let before = serving().await;
+    let before = server.serving_generation().await;
     let report_all: Value = client
         .post(format!("{base}/api/yara/publish/all"))
         .header("Authorization", &auth)
@@ -558,7 +463,7 @@ async fn main() {
         .unwrap();
     let published = Instant::now();
     let generation = loop {
-        let now = serving().await;
+        let now = server.serving_generation().await;
         if let Some(number) = now
             && now != before
         {
@@ -581,7 +486,7 @@ async fn main() {
         report_all["successful_publish_count"],
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rss, hwm) = memory_kib(pid);
+    let (rss, hwm) = support::memory_kib(pid);
     println!(
         "server memory with the corpora loaded, before scanning: VmRSS {:.0} MiB, VmHWM {:.0} MiB",
         mib(rss),
@@ -637,7 +542,7 @@ async fn main() {
         }
         println!("{line}");
     }
-    let (rss_after, hwm_after) = memory_kib(pid);
+    let (rss_after, hwm_after) = support::memory_kib(pid);
     drop(server);
     drop(py);
 

@@ -38,6 +38,13 @@ async fn scan(app: &TestApp, path: &str, body: Vec<u8>) -> reqwest::Response {
         .unwrap()
 }
 
+/// Saves a ruleset as the admin, expecting `status`, and waits until it is active.
+async fn save_active(app: &TestApp, name: &str, text: &str, status: u16) {
+    let res = app.save_ruleset(&app.admin_token, name, text).await;
+    assert_eq!(res.status(), status, "saving {name}");
+    app.wait_status(name, "active").await;
+}
+
 async fn ok_json(res: reqwest::Response) -> Value {
     let status = res.status();
     let body: Value = res.json().await.unwrap();
@@ -87,13 +94,7 @@ fn system_files() -> Vec<(String, Vec<u8>)> {
 
 async fn scan_results_equal_yara_x_on_the_same_rules_and_files(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    assert_eq!(
-        app.save_ruleset(&app.admin_token, "Classifier", CLASSIFIER)
-            .await
-            .status(),
-        201
-    );
-    app.wait_status("Classifier", "active").await;
+    save_active(&app, "Classifier", CLASSIFIER, 201).await;
     let generation = app.state.rulesets.current_generation().unwrap();
     let mut files = system_files();
     assert!(files.len() >= 20, "real binaries to scan");
@@ -138,13 +139,7 @@ async fn bodies_names_limits_and_timeouts(backend: Backend) {
     config.max_scan_bytes = Some(64 * 1024);
     config.scan_timeout_seconds = Some(1);
     let app = TestApp::spawn_with(config).await;
-    assert_eq!(
-        app.save_ruleset(&app.admin_token, "Named", NAMED)
-            .await
-            .status(),
-        201
-    );
-    app.wait_status("Named", "active").await;
+    save_active(&app, "Named", NAMED, 201).await;
     // The name sets the external variables; without it nothing matches.
     let body = ok_json(
         scan(
@@ -197,13 +192,7 @@ async fn bodies_names_limits_and_timeouts(backend: Backend) {
     // A scan over its time limit answers with what it has and says so. (Activated only now: a
     // busy machine could push the small scans above over the one-second limit too.)
     let slow = "rule slow { condition: for all i in (0..filesize) : (for all j in (0..1000000) : (uint8(i) != 0xFF)) }\n";
-    assert_eq!(
-        app.save_ruleset(&app.admin_token, "Slow_Rules", slow)
-            .await
-            .status(),
-        201
-    );
-    app.wait_status("Slow_Rules", "active").await;
+    save_active(&app, "Slow_Rules", slow, 201).await;
     let started = std::time::Instant::now();
     let body = ok_json(scan(&app, "/api/yara/scan/", vec![0u8; 32 * 1024]).await).await;
     assert_eq!(body["timed_out"], true, "{body}");
@@ -289,13 +278,7 @@ async fn concurrent_scans_are_all_recorded_under_their_digest(backend: Backend) 
     use sha2::Digest;
     let app = TestApp::spawn(backend).await;
     let rule = "rule delta_hit : suspicious { strings: $d = \"delta\" condition: $d }\n";
-    assert_eq!(
-        app.save_ruleset(&app.admin_token, "Delta_Set", rule)
-            .await
-            .status(),
-        201
-    );
-    app.wait_status("Delta_Set", "active").await;
+    save_active(&app, "Delta_Set", rule, 201).await;
     // Distinct samples, one of them large enough to arrive in many chunks.
     let mut samples: Vec<Vec<u8>> = (0..40)
         .map(|i| format!("delta sample {i}").into_bytes())
@@ -426,13 +409,7 @@ async fn a_ruleset_over_the_match_cap_is_capped_until_edited(backend: Backend) {
     config.match_cap = Some(2);
     let app = TestApp::spawn_with(config).await;
     let catch_all = "rule everything { condition: true }\n";
-    assert_eq!(
-        app.save_ruleset(&app.admin_token, "Catch_All", catch_all)
-            .await
-            .status(),
-        201
-    );
-    app.wait_status("Catch_All", "active").await;
+    save_active(&app, "Catch_All", catch_all, 201).await;
     for sample in ["one", "two", "three"] {
         ok_json(scan(&app, "/api/yara/scan/", sample.as_bytes().to_vec()).await).await;
     }
@@ -454,13 +431,7 @@ async fn a_ruleset_over_the_match_cap_is_capped_until_edited(backend: Backend) {
     assert_eq!(listed["count"], 1);
     // An edit lifts the cap.
     let edited = "rule everything { condition: true and true }\n";
-    assert_eq!(
-        app.save_ruleset(&app.admin_token, "Catch_All", edited)
-            .await
-            .status(),
-        200
-    );
-    app.wait_status("Catch_All", "active").await;
+    save_active(&app, "Catch_All", edited, 200).await;
     // Matches from before the edit no longer count toward the cap.
     ok_json(scan(&app, "/api/yara/scan/", b"five".to_vec()).await).await;
     assert_eq!(app.ruleset("Catch_All").await["status"], "active");
@@ -492,13 +463,7 @@ async fn the_local_retro_hunt_rescans_kept_samples(backend: Backend) {
         assert!(path.is_file(), "{path:?}");
     }
     let later = "rule old_sample { strings: $a = \"old sample\" condition: $a }\n";
-    assert_eq!(
-        app.save_ruleset(&app.admin_token, "Later_Rule", later)
-            .await
-            .status(),
-        201
-    );
-    app.wait_status("Later_Rule", "active").await;
+    save_active(&app, "Later_Rule", later, 201).await;
     let operate = |operation: &'static str| {
         let app = &app;
         async move {
