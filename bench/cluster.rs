@@ -18,8 +18,6 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -62,41 +60,18 @@ async fn main() {
         ];
         nodes.push(support::Server::start(&binary, &env, client.clone()).await);
     }
-    let auth = nodes[0].auth.clone();
     let mut count = 0;
     for (name, text) in support::corpus_rule_files(&dir) {
         nodes[0].save_ruleset(&name, &text).await;
         count += 1;
     }
     println!("{count} rulesets uploaded through node 1");
-    let sync = |base: String| {
-        let (client, auth) = (client.clone(), auth.clone());
-        async move {
-            client
-                .get(format!("{base}/api/yara/sync/"))
-                .header("Authorization", auth)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
-    let before = sync(nodes[0].base.clone()).await["generation"].clone();
+    let before = nodes[0].get_json("/api/yara/sync/").await["generation"].clone();
     let t = Instant::now();
-    let report: Value = client
-        .post(format!("{}/api/yara/publish/all", nodes[0].base))
-        .header("Authorization", &auth)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = nodes[0].post_json("/api/yara/publish/all").await;
     let mut first_node = None;
     let all = loop {
-        let s = sync(nodes[0].base.clone()).await;
+        let s = nodes[0].get_json("/api/yara/sync/").await;
         let list = s["nodes"].as_array().cloned().unwrap_or_default();
         if first_node.is_none()
             && s["generation"] != before

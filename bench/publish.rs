@@ -13,8 +13,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 fn direct_compile(sources: &[(String, String)]) -> (Duration, usize) {
     let started = Instant::now();
     let mut compiler = yara_x::Compiler::new();
@@ -64,16 +62,7 @@ async fn main() {
     let before = server.serving_generation().await;
 
     let started = Instant::now();
-    let report: Value = server
-        .client
-        .post(format!("{}/api/yara/publish/all", server.base))
-        .header("Authorization", &server.auth)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = server.post_json("/api/yara/publish/all").await;
     loop {
         let now = server.serving_generation().await;
         if now.is_some() && now != before {

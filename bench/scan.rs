@@ -452,15 +452,7 @@ async fn main() {
         }
     }
     let before = server.serving_generation().await;
-    let report_all: Value = client
-        .post(format!("{base}/api/yara/publish/all"))
-        .header("Authorization", &auth)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report_all = server.post_json("/api/yara/publish/all").await;
     let published = Instant::now();
     let generation = loop {
         let now = server.serving_generation().await;

@@ -102,35 +102,41 @@ impl Server {
         self.child.id()
     }
 
-    /// The generation this node serves, from `/api/yara/sync/`.
-    pub async fn serving_generation(&self) -> Option<i64> {
-        let v: Value = self
-            .client
-            .get(format!("{}/api/yara/sync/", self.base))
+    /// `GET path` as admin, the answer's JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let request = self.client.get(format!("{}{path}", self.base));
+        self.json(request).await
+    }
+
+    /// `POST path` (no body) as admin, the answer's JSON.
+    pub async fn post_json(&self, path: &str) -> Value {
+        let request = self.client.post(format!("{}{path}", self.base));
+        self.json(request).await
+    }
+
+    async fn json(&self, request: reqwest::RequestBuilder) -> Value {
+        request
             .header("Authorization", &self.auth)
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
-        v["nodes"][0]["generation"].as_i64()
+            .unwrap()
+    }
+
+    /// The generation this node serves, from `/api/yara/sync/`.
+    pub async fn serving_generation(&self) -> Option<i64> {
+        self.get_json("/api/yara/sync/").await["nodes"][0]["generation"].as_i64()
     }
 
     /// Saves a ruleset; whether its revision is valid.
     pub async fn save_ruleset(&self, name: &str, text: &str) -> bool {
-        let body: Value = self
+        let request = self
             .client
             .post(format!("{}/api/yara/ruleset/", self.base))
-            .header("Authorization", &self.auth)
-            .form(&[("name", name), ("content", text)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        body["detail"]["valid"] == true
+            .form(&[("name", name), ("content", text)]);
+        self.json(request).await["detail"]["valid"] == true
     }
 }
 
