@@ -24,8 +24,7 @@ fn mib(kib: u64) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let Some(dir) = corpus::corpora_dir() else {
-        eprintln!("skipped: no corpora (set RULEYARD_CORPORA or provide ../shared/corpora)");
+    let Some(dir) = support::corpora_or_skip() else {
         return;
     };
     let Ok(admin_url) = std::env::var("RULEYARD_BENCH_POSTGRES_URL") else {

@@ -56,57 +56,24 @@ fn compile_each(files: &[(String, String)]) {
     }
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    auth: String,
-}
-
-impl Client {
-    async fn post(&self, path: &str, body: Value) -> Value {
-        let res = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("Authorization", &self.auth)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = res.status();
-        let body: Value = res.json().await.unwrap();
-        assert!(status.is_success(), "{path}: {status} {body}");
-        body
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .header("Authorization", &self.auth)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn run_and_wait(&self) -> Value {
-        let run = self.post("/api/yara/update/run", json!({})).await;
-        let id = run["run_id"].as_i64().unwrap();
-        loop {
-            let r = self.get(&format!("/api/yara/update/runs/{id}")).await;
-            if r["state"] != "running" {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+/// Starts an update run and waits for its end; the run.
+async fn run_and_wait(server: &support::Server) -> Value {
+    let run = server.post_body("/api/yara/update/run", &json!({})).await;
+    let id = run["run_id"].as_i64().unwrap();
+    loop {
+        let r = server
+            .get_json(&format!("/api/yara/update/runs/{id}"))
+            .await;
+        if r["state"] != "running" {
+            return r;
         }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 #[tokio::main]
 async fn main() {
-    let Some(dir) = corpus::corpora_dir() else {
-        eprintln!("skipped: no corpora (set RULEYARD_CORPORA or provide ../shared/corpora)");
+    let Some(dir) = support::corpora_or_skip() else {
         return;
     };
     let binary = support::server_binary();
@@ -160,11 +127,6 @@ async fn main() {
         reqwest::Client::new(),
     )
     .await;
-    let client = Client {
-        http: server.client.clone(),
-        base: server.base.clone(),
-        auth: server.auth.clone(),
-    };
 
     println!(
         "## import of each corpus from git daemon, against git clone --bare + YARA-X per file"
@@ -178,16 +140,16 @@ async fn main() {
         let files = corpus::rule_files(&clone_dir.path().join("x.git"));
         compile_each(&files);
         let baseline = t.elapsed().as_secs_f64();
-        let created = client
-            .post(
+        let created = server
+            .post_body(
                 "/api/yara/repositories/",
-                json!({"url": url, "name": bundle}),
+                &json!({"url": url, "name": bundle}),
             )
             .await;
         let id = created["id"].as_i64().unwrap();
         let t = Instant::now();
-        let outcome = client
-            .post(&format!("/api/yara/repositories/{id}/import/"), json!({}))
+        let outcome = server
+            .post_body(&format!("/api/yara/repositories/{id}/import/"), &json!({}))
             .await;
         let ours = t.elapsed().as_secs_f64();
         total_ours += ours;
@@ -228,12 +190,12 @@ async fn main() {
                 &format!("s{i}.git"),
             ],
         );
-        client.post("/api/yara/repositories/", json!({"url": format!("git://127.0.0.1:{daemon_port}/small/s{i}.git"), "name": format!("small {i}"), "import_update_preferences": 1})).await;
+        server.post_body("/api/yara/repositories/", &json!({"url": format!("git://127.0.0.1:{daemon_port}/small/s{i}.git"), "name": format!("small {i}"), "import_update_preferences": 1})).await;
     }
-    let first = client.run_and_wait().await;
+    let first = run_and_wait(&server).await;
     assert_eq!(first["state"], "succeeded", "{first}");
     let t = Instant::now();
-    let second = client.run_and_wait().await;
+    let second = run_and_wait(&server).await;
     let ours = t.elapsed().as_secs_f64();
     let unchanged = second["repositories"]
         .as_array()

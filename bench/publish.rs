@@ -33,8 +33,7 @@ fn direct_compile(sources: &[(String, String)]) -> (Duration, usize) {
 
 #[tokio::main]
 async fn main() {
-    let Some(dir) = corpus::corpora_dir() else {
-        eprintln!("skipped: no corpora (set RULEYARD_CORPORA or provide ../shared/corpora)");
+    let Some(dir) = support::corpora_or_skip() else {
         return;
     };
     let binary = support::server_binary();

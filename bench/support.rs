@@ -114,6 +114,22 @@ impl Server {
         self.json(request).await
     }
 
+    /// `POST path` with a JSON body as admin; the answer must be a success.
+    pub async fn post_body(&self, path: &str, body: &Value) -> Value {
+        let res = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", &self.auth)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let answer: Value = res.json().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {answer}");
+        answer
+    }
+
     async fn json(&self, request: reqwest::RequestBuilder) -> Value {
         request
             .header("Authorization", &self.auth)
@@ -138,6 +154,15 @@ impl Server {
             .form(&[("name", name), ("content", text)]);
         self.json(request).await["detail"]["valid"] == true
     }
+}
+
+/// The corpora folder, or `None` after saying why the benchmark is skipped.
+pub fn corpora_or_skip() -> Option<std::path::PathBuf> {
+    let dir = corpus::corpora_dir();
+    if dir.is_none() {
+        eprintln!("skipped: no corpora (set RULEYARD_CORPORA or provide ../shared/corpora)");
+    }
+    dir
 }
 
 /// (name, text) of every rule file of the corpora without includes, named `b<bundle>_<file>`.
