@@ -5,6 +5,7 @@
 //! The store returns domain types, never rows, and must not import `http`.
 
 mod imports;
+mod migrations;
 mod nodes;
 mod postgres;
 mod rulesets;

@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
 
-use super::{Backend, SqlStore, StoreResult};
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+use super::{Backend, SqlStore, StoreResult, migrations};
 
 pub(super) async fn open(url: &str) -> StoreResult<SqlStore> {
     let pool = AnyPoolOptions::new()
@@ -15,6 +13,9 @@ pub(super) async fn open(url: &str) -> StoreResult<SqlStore> {
         .connect(url)
         .await?;
     // The migrator takes an advisory lock, so nodes starting together migrate once.
-    MIGRATOR.run(&pool).await?;
+    migrations::migrator(migrations::POSTGRES)
+        .await?
+        .run(&pool)
+        .await?;
     Ok(SqlStore::new(pool, Backend::Postgres))
 }

@@ -6,9 +6,7 @@ use std::time::Duration;
 use sqlx::Executor;
 use sqlx::any::AnyPoolOptions;
 
-use super::{Backend, SqlStore, StoreError, StoreResult};
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+use super::{Backend, SqlStore, StoreError, StoreResult, migrations};
 
 pub(super) async fn open(path: &Path) -> StoreResult<SqlStore> {
     let path = path
@@ -30,6 +28,9 @@ pub(super) async fn open(path: &Path) -> StoreResult<SqlStore> {
         })
         .connect(&url)
         .await?;
-    MIGRATOR.run(&pool).await?;
+    migrations::migrator(migrations::SQLITE)
+        .await?
+        .run(&pool)
+        .await?;
     Ok(SqlStore::new(pool, Backend::Sqlite))
 }
