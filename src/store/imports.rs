@@ -297,28 +297,30 @@ impl SqlStore {
         &self,
         id: i64,
     ) -> StoreResult<Option<(UpdateRun, Vec<RepoOutcome>)>> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM update_runs WHERE id = $1");
-        let Some(row) = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?
-        else {
+        // One statement, so one snapshot: the run's progress counts exactly the outcomes read
+        // with it, even while the run records another (PostgreSQL gives each statement of a
+        // READ COMMITTED transaction its own snapshot).
+        let columns: Vec<String> = RUN_COLUMNS.split(", ").map(|c| format!("r.{c}")).collect();
+        let sql = format!(
+            "SELECT {}, o.outcome FROM update_runs r \
+             LEFT JOIN update_run_repositories o ON o.run_id = r.id \
+             WHERE r.id = $1 ORDER BY o.id",
+            columns.join(", ")
+        );
+        let rows = sqlx::query(&sql).bind(id).fetch_all(self.pool()).await?;
+        let Some(first) = rows.first() else {
             return Ok(None);
         };
-        let rows = sqlx::query(
-            "SELECT outcome FROM update_run_repositories WHERE run_id = $1 ORDER BY id",
-        )
-        .bind(id)
-        .fetch_all(self.pool())
-        .await?;
-        let outcomes = rows
-            .iter()
-            .map(|r| {
-                let text: String = r.try_get("outcome")?;
-                serde_json::from_str(&text).map_err(|e| StoreError::Setup(e.to_string()))
-            })
-            .collect::<StoreResult<_>>()?;
-        Ok(Some((run_from_row(&row)?, outcomes)))
+        let mut outcomes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let text: Option<String> = row.try_get("outcome")?;
+            if let Some(text) = text {
+                outcomes.push(
+                    serde_json::from_str(&text).map_err(|e| StoreError::Setup(e.to_string()))?,
+                );
+            }
+        }
+        Ok(Some((run_from_row(first)?, outcomes)))
     }
 
     /// Takes the lease `name` for `holder` until `expires_at` when it is free or lapsed.

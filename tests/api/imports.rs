@@ -25,6 +25,7 @@ backend_tests!(
     a_second_run_while_one_is_alive_gets_409,
     the_cadence_is_persisted_and_takes_effect_at_once,
     deleting_a_repository_keeps_or_removes_its_rulesets,
+    a_run_read_while_it_records_counts_exactly_the_outcomes_it_shows,
 );
 
 /// Path to ruleset item, for the rulesets of one repository.
@@ -732,4 +733,47 @@ async fn deleting_a_repository_keeps_or_removes_its_rulesets(backend: Backend) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// `GET /api/yara/update/runs/{id}/` while the run records outcomes: its `progress.done` is always
+/// the number of outcomes in the same answer (a client computing "done of total" from either
+/// must get the same number).
+async fn a_run_read_while_it_records_counts_exactly_the_outcomes_it_shows(backend: Backend) {
+    const REPOSITORIES: i64 = 80;
+    let app = TestApp::spawn(backend).await;
+    let store = app.state.store.clone();
+    let run = store
+        .insert_run("elsewhere", "manual", REPOSITORIES)
+        .await
+        .unwrap();
+    let writer = tokio::spawn(async move {
+        for repository in 1..=REPOSITORIES {
+            let outcome = ruleyard::domain::RepoOutcome {
+                repository,
+                name: format!("repo-{repository}"),
+                ..Default::default()
+            };
+            store.record_run_repository(run, &outcome).await.unwrap();
+        }
+        store.finish_run(run, "succeeded").await.unwrap();
+    });
+    let path = format!("/api/yara/update/runs/{run}/");
+    let mut reads = 0;
+    loop {
+        let res = app.get(&path, &app.admin_token).await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        let shown = body["repositories"].as_array().unwrap().len() as i64;
+        assert_eq!(
+            body["progress"]["done"], shown,
+            "read {reads}: progress and outcomes disagree: {body}"
+        );
+        reads += 1;
+        if body["state"] == "succeeded" {
+            assert_eq!(shown, REPOSITORIES);
+            break;
+        }
+    }
+    writer.await.unwrap();
+    assert!(reads > 1, "the run was read while it recorded");
 }
