@@ -109,6 +109,61 @@ struct Pass {
     errors: usize,
     /// Time spent inside `Scanner::scan`, summed over the files (the server reports its own).
     scanning: Duration,
+    /// Where the machine's CPU went during the pass.
+    cpu: CpuSplit,
+}
+
+/// The machine's CPU during a pass, in core-seconds.
+#[derive(Default, Clone, Copy)]
+struct CpuSplit {
+    /// The server's scan workers.
+    server_scans: f64,
+    /// The server's other threads: HTTP, hashing, recording, SQLite.
+    server_rest: f64,
+    /// This process: the HTTP clients, or the in-process scanner threads.
+    bench: f64,
+    /// Everything else on the machine, kernel included.
+    others: f64,
+    idle: f64,
+}
+
+/// CPU counters at one moment.
+struct CpuMark {
+    server: f64,
+    server_scans: f64,
+    bench: f64,
+    busy: f64,
+    idle: f64,
+}
+
+impl CpuMark {
+    fn now(server: u32) -> Self {
+        let (busy, idle) = support::machine_cpu();
+        CpuMark {
+            server: support::process_cpu(server),
+            server_scans: support::thread_cpu(server)
+                .iter()
+                .filter(|(name, _)| name.starts_with("scan-"))
+                .map(|(_, seconds)| seconds)
+                .sum(),
+            bench: support::own_cpu(),
+            busy,
+            idle,
+        }
+    }
+
+    fn since(&self, start: &CpuMark) -> CpuSplit {
+        let server_scans = self.server_scans - start.server_scans;
+        let server = self.server - start.server;
+        let bench = self.bench - start.bench;
+        CpuSplit {
+            server_scans,
+            server_rest: server - server_scans,
+            bench,
+            others: (self.busy - start.busy - server - bench).max(0.0),
+            idle: self.idle - start.idle,
+        }
+    }
 }
 
 impl Pass {
@@ -373,6 +428,7 @@ impl YaraPython {
             timed_out: count("timed_out"),
             errors: count("errors"),
             scanning: Duration::ZERO,
+            cpu: CpuSplit::default(),
         })
     }
 }
@@ -400,6 +456,20 @@ fn report(label: &str, passes: &[Pass], bytes: u64, files: usize, threads: usize
             pass.scanning.as_secs_f64(),
             100.0 * pass.scanning.as_secs_f64() / (threads as f64 * secs)
         );
+    }
+    let cpu = pass.cpu;
+    if cpu.bench + cpu.server_scans > 0.0 {
+        let mut parts = Vec::new();
+        if cpu.server_scans + cpu.server_rest > 0.0 {
+            parts.push(format!("server scan workers {:.2}", cpu.server_scans));
+            parts.push(format!("server HTTP and the rest {:.2}", cpu.server_rest));
+            parts.push(format!("benchmark clients {:.2}", cpu.bench));
+        } else {
+            parts.push(format!("scanner threads {:.2}", cpu.bench));
+        }
+        parts.push(format!("other processes {:.2}", cpu.others));
+        parts.push(format!("idle {:.2}", cpu.idle));
+        println!("{:<36} CPU, core-seconds: {}", "", parts.join(", "));
     }
     secs
 }
@@ -511,8 +581,14 @@ async fn main() {
     let warm_x = yara_x_pass(&rules, &files, cores);
     let (mut http, mut yx, mut yp) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
-        http.push(http_pass(&client, &url, &auth, &files, cores).await);
-        yx.push(yara_x_pass(&rules, &files, cores));
+        let mark = CpuMark::now(pid);
+        let mut pass = http_pass(&client, &url, &auth, &files, cores).await;
+        pass.cpu = CpuMark::now(pid).since(&mark);
+        http.push(pass);
+        let mark = CpuMark::now(pid);
+        let mut pass = yara_x_pass(&rules, &files, cores);
+        pass.cpu = CpuMark::now(pid).since(&mark);
+        yx.push(pass);
         let mut line = format!(
             "round {round}: ruleyard {:.2} s, yara-x {:.2} s",
             http[round - 1].elapsed.as_secs_f64(),

@@ -194,3 +194,62 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
+
+/// Seconds of CPU that each thread of process `pid` has used, by thread name (`comm`).
+pub fn thread_cpu(pid: u32) -> Vec<(String, f64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| stat_cpu(&stat))
+        .collect()
+}
+
+/// Seconds of CPU that process `pid` has used, its ended threads included.
+pub fn process_cpu(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat_cpu(&stat))
+        .map_or(0.0, |(_, seconds)| seconds)
+}
+
+/// Seconds of CPU that this process has used.
+pub fn own_cpu() -> f64 {
+    process_cpu(std::process::id())
+}
+
+/// The name and the CPU seconds (user and system) of a `/proc/…/stat` line.
+fn stat_cpu(stat: &str) -> Option<(String, f64)> {
+    // `pid (comm) state ppid …`: the name may hold spaces and parentheses.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: the 12th and 13th after the name.
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some((name, ticks / clock_tick()))
+}
+
+/// The machine's busy and idle CPU seconds so far, summed over its cores (`/proc/stat`).
+pub fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    let busy = ticks.iter().take(8).sum::<f64>() - idle;
+    (busy / clock_tick(), idle / clock_tick())
+}
+
+fn clock_tick() -> f64 {
+    // SAFETY: sysconf reads a constant of the system.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if tick > 0 { tick as f64 } else { 100.0 }
+}
