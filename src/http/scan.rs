@@ -6,7 +6,6 @@ use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::auth::CurrentUser;
@@ -15,19 +14,16 @@ use super::error::{ApiError, ApiResult};
 use crate::scanning::ScanFailure;
 use crate::scanning::retro::HuntError;
 
-/// A scanned file as it arrived: its bytes, its SHA-256 and the name its form gave.
+/// A scanned file as it arrived: its bytes and the name its form gave.
 struct Received {
     data: bytes::Bytes,
-    sha256: String,
     name: Option<String>,
 }
 
-/// Collects a file's chunks within `limit`, hashing each as it arrives: the digest costs no
-/// extra pass over the data, and for a large upload it is computed while the rest is still on
-/// its way.
+/// Collects a file's chunks within `limit`, in one buffer of the size the request declared.
+/// (Its SHA-256 is computed while a worker scans it, not here: the scan starts sooner.)
 struct Collector {
     data: bytes::BytesMut,
-    hasher: Sha256,
 }
 
 impl Collector {
@@ -35,7 +31,6 @@ impl Collector {
         let capacity = expected.unwrap_or(0).min(limit);
         Collector {
             data: bytes::BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0)),
-            hasher: Sha256::new(),
         }
     }
 
@@ -43,7 +38,6 @@ impl Collector {
         if (self.data.len() + chunk.len()) as u64 > limit {
             return Err(ApiError::payload_too_large(limit));
         }
-        self.hasher.update(chunk);
         self.data.extend_from_slice(chunk);
         Ok(())
     }
@@ -51,7 +45,6 @@ impl Collector {
     fn finish(self, name: Option<String>) -> Received {
         Received {
             data: self.data.freeze(),
-            sha256: hex::encode(self.hasher.finalize()),
             name,
         }
     }
@@ -132,7 +125,7 @@ pub async fn scan(
         .or(file.name);
     let report = state
         .scanning
-        .scan(file.data, Some(file.sha256), filename, true)
+        .scan(file.data, None, filename, true)
         .await
         .map_err(|e| match e {
             ScanFailure::NotReady => not_ready(),

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::LoadedGeneration;
 
@@ -25,8 +24,6 @@ pub struct RuleMatch {
 /// What a scan found.
 #[derive(Debug, Clone)]
 pub struct ScanOutcome {
-    /// SHA-256 of the scanned data, lower-case hex (computed by the worker, after the scan).
-    pub sha256: String,
     pub matches: Vec<RuleMatch>,
     pub timed_out: bool,
     pub error: Option<String>,
@@ -64,8 +61,6 @@ struct Job {
     data: bytes::Bytes,
     globals: ScanGlobals,
     timeout: Duration,
-    /// The data's SHA-256 when the caller computed it already.
-    sha256: Option<String>,
     reply: tokio::sync::oneshot::Sender<ScanOutcome>,
 }
 
@@ -96,16 +91,15 @@ impl ScanPool {
         }
     }
 
-    /// Scans `data` with `generation`, bounded by `timeout`. The outcome carries `sha256`, or
-    /// the worker computes it.
-    pub async fn scan(
+    /// Queues a scan of `data` with `generation`, bounded by `timeout`, at once; the future
+    /// waits for its outcome, so the caller can do other work while a worker scans.
+    pub fn scan(
         &self,
         generation: Arc<LoadedGeneration>,
         data: bytes::Bytes,
-        sha256: Option<String>,
         globals: ScanGlobals,
         timeout: Duration,
-    ) -> ScanOutcome {
+    ) -> impl Future<Output = ScanOutcome> + Send + use<> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let sent = self
             .jobs
@@ -116,22 +110,23 @@ impl ScanPool {
                 data,
                 globals,
                 timeout,
-                sha256,
                 reply,
-            });
+            })
+            .is_ok();
         let failed = |message: &str| ScanOutcome {
-            sha256: String::new(),
             matches: Vec::new(),
             timed_out: false,
             error: Some(message.to_owned()),
             duration: Duration::ZERO,
         };
-        if sent.is_err() {
-            return failed("the scan workers stopped");
+        async move {
+            if !sent {
+                return failed("the scan workers stopped");
+            }
+            answer
+                .await
+                .unwrap_or_else(|_| failed("a scan worker stopped during the scan"))
         }
-        answer
-            .await
-            .unwrap_or_else(|_| failed("a scan worker stopped during the scan"))
     }
 }
 
@@ -212,14 +207,7 @@ fn run(scanner: &mut yara_x::Scanner<'_>, job: &Job) -> ScanOutcome {
         Err(yara_x::ScanError::Timeout) => (Vec::new(), true, None),
         Err(e) => (Vec::new(), false, Some(e.to_string())),
     };
-    // When the caller has no digest, hashing here, after the scan, saves a hop to another
-    // thread.
-    let sha256 = job
-        .sha256
-        .clone()
-        .unwrap_or_else(|| hex::encode(Sha256::digest(&job.data)));
     ScanOutcome {
-        sha256,
         matches,
         timed_out,
         error,

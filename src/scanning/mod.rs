@@ -111,16 +111,18 @@ impl Scanning {
             .current_generation()
             .ok_or(ScanFailure::NotReady)?;
         let size = data.len();
-        let outcome = self
-            .pool
-            .scan(
-                generation.clone(),
-                data.clone(),
-                sha256,
-                ScanGlobals::from_name(filename.as_deref()),
-                Duration::from_secs(self.settings.scan_timeout_seconds),
-            )
-            .await;
+        let scanned = self.pool.scan(
+            generation.clone(),
+            data.clone(),
+            ScanGlobals::from_name(filename.as_deref()),
+            Duration::from_secs(self.settings.scan_timeout_seconds),
+        );
+        // The digest is computed here while a worker scans: the scan does not wait for it.
+        let sha256 = match sha256 {
+            Some(known) => known,
+            None => digest(&data).await,
+        };
+        let outcome = scanned.await;
         if let Some(error) = &outcome.error {
             return Err(ScanFailure::Engine(error.clone()));
         }
@@ -150,7 +152,6 @@ impl Scanning {
             })
             .collect();
         let now = Timestamp::now();
-        let sha256 = outcome.sha256.clone();
         self.recorder
             .record(Recording {
                 scanned: ScannedSample {
@@ -172,5 +173,30 @@ impl Scanning {
             generation,
             outcome,
         })
+    }
+}
+
+/// The SHA-256 of `data`, lower-case hex, a mebibyte at a time: a large file does not hold the
+/// thread that serves requests for long.
+async fn digest(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for chunk in data.chunks(1 << 20) {
+        hasher.update(chunk);
+        tokio::task::yield_now().await;
+    }
+    hex::encode(hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    #[tokio::test]
+    async fn the_digest_in_steps_is_the_sha256_of_the_whole() {
+        let data: Vec<u8> = (0..(5 << 19) + 3).map(|i| (i * 7 % 251) as u8).collect();
+        for data in [&data[..], &data[..1 << 20], &data[..1], &[][..]] {
+            assert_eq!(super::digest(data).await, hex::encode(Sha256::digest(data)));
+        }
     }
 }
