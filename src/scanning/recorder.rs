@@ -1,8 +1,9 @@
 //! Recording scans off the request path. A scan answers as soon as YARA-X is done; what it found
 //! (the sample, its matches, the `capped` rule) and the sample file are written by one background
-//! task, in batches: one transaction for every scan that arrived while the previous batch was
-//! being written. Readers that must see every scan answered so far (the matches query, the
-//! ruleset counters and statuses, the retro hunt) call [`Recorder::flush`] first.
+//! task, in batches: one transaction for the scans that arrive within [`LINGER`] of the first, or
+//! while the previous batch was being written. Readers that must see every scan answered so far
+//! (the matches query, the ruleset counters and statuses, the retro hunt) call
+//! [`Recorder::flush`] first, which writes at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,10 @@ const QUEUE: usize = 256;
 const KEEP_BUDGET_MIB: usize = 256;
 /// The most scans written in one transaction.
 const MAX_BATCH: usize = 128;
+/// How long a batch waits for more scans after its first: a transaction (and a hop to the
+/// thread that keeps samples) per few scans instead of per scan when scans arrive steadily.
+/// Only other nodes see the delay: a flush writes at once.
+const LINGER: Duration = Duration::from_millis(20);
 /// Waits between the attempts at writing a batch.
 const RETRY_DELAYS: [Duration; 3] = [
     Duration::from_millis(100),
@@ -118,6 +123,7 @@ async fn write_loop(
     let mut kept: Vec<Keep> = Vec::new();
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     while let Some(first) = commands.recv().await {
+        let deadline = tokio::time::Instant::now() + LINGER;
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
@@ -127,9 +133,19 @@ async fn write_loop(
                 }
                 Command::Flush(done) => waiting.push(done),
             }
-            if batch.len() < MAX_BATCH {
-                next = commands.try_recv().ok();
+            if batch.len() >= MAX_BATCH || !waiting.is_empty() {
+                break;
             }
+            next = match commands.try_recv() {
+                Ok(command) => Some(command),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    tokio::time::timeout_at(deadline, commands.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
         }
         if !batch.is_empty() {
             write_batch(&store, &batch, cap, &lost).await;
