@@ -17,24 +17,20 @@ use sqlx::migrate::{MigrateError, Migration, MigrationSource, MigrationType, Mig
 /// A migration as embedded: its file name and its text.
 type Embedded = (&'static str, &'static str);
 
+/// Both folders hold the same file names (a migration one backend does not need is a comment
+/// there), so one list names them.
 macro_rules! embedded {
-    ($dir:literal: $($file:literal),+ $(,)?) => {
-        &[$(($file, include_str!(concat!("../../migrations/", $dir, "/", $file)))),+]
+    ($($file:literal),+ $(,)?) => {
+        /// `migrations/sqlite`, in order.
+        pub(super) const SQLITE: &[Embedded] =
+            &[$(($file, include_str!(concat!("../../migrations/sqlite/", $file)))),+];
+        /// `migrations/postgres`, in order.
+        pub(super) const POSTGRES: &[Embedded] =
+            &[$(($file, include_str!(concat!("../../migrations/postgres/", $file)))),+];
     };
 }
 
-/// `migrations/sqlite`, in order.
-pub(super) const SQLITE: &[Embedded] = embedded!("sqlite":
-    "0001_foundation.sql",
-    "0002_rulesets.sql",
-    "0003_imports.sql",
-    "0004_matches.sql",
-    "0005_capped.sql",
-    "0006_nodes.sql",
-);
-
-/// `migrations/postgres`, in order.
-pub(super) const POSTGRES: &[Embedded] = embedded!("postgres":
+embedded!(
     "0001_foundation.sql",
     "0002_rulesets.sql",
     "0003_imports.sql",
