@@ -90,6 +90,7 @@ pub async fn open_state(settings: Settings) -> anyhow::Result<AppState> {
         rulesets.clone(),
         settings.clone(),
     ));
+    let retro_hunt = Arc::new(RetroHunt::open(settings.data_dir.join("retro-hunts.json")));
     Ok(AppState {
         store,
         settings,
@@ -97,7 +98,7 @@ pub async fn open_state(settings: Settings) -> anyhow::Result<AppState> {
         rulesets,
         update_job,
         scanning,
-        retro_hunt: Arc::default(),
+        retro_hunt,
         tokens: Arc::default(),
     })
 }

@@ -551,3 +551,85 @@ async fn scans_before_any_generation_get_503() {
         .unwrap();
     assert_eq!(router.oneshot(ready).await.unwrap().status(), 503);
 }
+
+/// The local retro hunt's history is the node's, in its data directory: it survives a restart
+/// (here a `kill -9` and a new process on the same directory).
+#[tokio::test]
+async fn the_retro_hunt_history_survives_a_restart() {
+    use crate::process::{ServerProcess, node_env};
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let hunt = "/api/uploads/local-retro-hunt/";
+    let mut first = ServerProcess::start(node_env(data.path(), None, &[]), logs.path(), "a").await;
+    let res = first
+        .request(Method::POST, "/api/yara/ruleset/")
+        .form(&[
+            ("analysis", "cloud"),
+            ("name", "Kept"),
+            (
+                "content",
+                "rule kept { strings: $a = \"kept\" condition: $a }\n",
+            ),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    // Scans answer 503 until the first generation is loaded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for sample in ["kept sample", "another sample"] {
+        loop {
+            let res = first
+                .request(Method::POST, "/api/yara/scan/")
+                .body(sample)
+                .send()
+                .await
+                .unwrap();
+            if res.status() == 200 {
+                break;
+            }
+            assert_eq!(res.status(), 503);
+            assert!(std::time::Instant::now() < deadline, "no generation loaded");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let res = first
+        .request(Method::POST, hunt)
+        .form(&[("operation", "START")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let before = loop {
+        let status: Value = first
+            .request(Method::GET, hunt)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["status"]["state"] == "COMPLETED" {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(before["status"]["processed"], 2, "{before}");
+    first.kill();
+
+    let second = ServerProcess::start(node_env(data.path(), None, &[]), logs.path(), "b").await;
+    let after: Value = second
+        .request(Method::GET, hunt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        after["status"], before["status"],
+        "the same hunt, state and history"
+    );
+    assert_eq!(after["status"]["history"].as_array().unwrap().len(), 1);
+}
