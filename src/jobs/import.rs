@@ -269,6 +269,8 @@ struct ToRead {
     path: String,
     blob_sha: String,
     name: crate::domain::RulesetName,
+    /// An unchanged file read again for what it includes: dropped if it includes nothing.
+    only_if_includes: bool,
 }
 
 struct Plan {
@@ -325,6 +327,12 @@ impl Importer {
             disable: Vec::new(),
             reenable: Vec::new(),
         };
+        let present: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        // Any file added, changed or removed may be one that an unchanged rule file includes.
+        let tree_changed = files
+            .iter()
+            .any(|f| stored.get(&f.path).is_none_or(|p| p.blob_sha != f.blob_sha))
+            || stored.keys().any(|path| !present.contains(path.as_str()));
         for file in files {
             let previous = stored.get(&file.path);
             match previous {
@@ -380,6 +388,18 @@ impl Importer {
                     if let (Some(id), true) = (mapped, same_blob) {
                         plan.entries
                             .push(record(FileState::Imported, Some(id), None, None));
+                        if tree_changed {
+                            // The file is the same, but what it includes may not be: it is read
+                            // again, and kept only if it has includes (a text that comes out
+                            // the same as its latest revision makes no new one).
+                            plan.to_read.push(ToRead {
+                                path: file.path.clone(),
+                                blob_sha: file.blob_sha.clone(),
+                                name: crate::domain::RulesetName::parse(&names[&id])
+                                    .map_err(|e| (e, ImportFailure::Internal))?,
+                                only_if_includes: true,
+                            });
+                        }
                         continue;
                     }
                     let name = match mapped {
@@ -401,11 +421,11 @@ impl Importer {
                         path: file.path.clone(),
                         blob_sha: file.blob_sha.clone(),
                         name,
+                        only_if_includes: false,
                     });
                 }
             }
         }
-        let present: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
         for (path, previous) in &stored {
             if present.contains(path.as_str()) {
                 continue;
@@ -442,25 +462,27 @@ impl Importer {
         let (mirror_c, commit_c) = (mirror.to_owned(), commit.to_owned());
         let texts = tokio::task::spawn_blocking(
             move || -> Result<Vec<(ToRead, String, Vec<Diagnostic>)>, String> {
-                to_read
-                    .into_iter()
-                    .map(|f| {
-                        let raw = read_text(&mirror_c, &f.blob_sha)?;
-                        let inlined = inline_includes(&mirror_c, &commit_c, &f.path, &raw);
-                        let problems = inlined
-                            .problems
-                            .iter()
-                            .map(|p| Diagnostic {
-                                severity: "error".into(),
-                                code: "include".into(),
-                                message: p.message.clone(),
-                                line: Some(p.line),
-                                column: Some(1),
-                            })
-                            .collect();
-                        Ok((f, inlined.text, problems))
-                    })
-                    .collect()
+                let mut texts = Vec::with_capacity(to_read.len());
+                for f in to_read {
+                    let raw = read_text(&mirror_c, &f.blob_sha)?;
+                    let inlined = inline_includes(&mirror_c, &commit_c, &f.path, &raw);
+                    if f.only_if_includes && !inlined.has_includes {
+                        continue;
+                    }
+                    let problems = inlined
+                        .problems
+                        .iter()
+                        .map(|p| Diagnostic {
+                            severity: "error".into(),
+                            code: "include".into(),
+                            message: p.message.clone(),
+                            line: Some(p.line),
+                            column: Some(1),
+                        })
+                        .collect();
+                    texts.push((f, inlined.text, problems));
+                }
+                Ok(texts)
             },
         )
         .await

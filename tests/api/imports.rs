@@ -410,6 +410,36 @@ async fn includes_are_inlined_from_the_same_commit_and_index_files_skipped(backe
         .unwrap();
     assert!(message.contains("passwd"), "{message}");
     assert!(!rulesets.contains_key("index.yar"));
+
+    // Only the included file changes upstream: the file that includes it gets a revision with
+    // the new text; one whose includes did not change gets none.
+    up.commit(
+        "inc",
+        "main",
+        &[(
+            "common/strings.yar",
+            Some("rule a_rule { strings: $a = \"alpha-two\" condition: $a }\n"),
+        )],
+    );
+    let run = app.wait_run(app.start_run().await).await;
+    let outcome = &run["repositories"][0];
+    assert_eq!(outcome["files_changed"], 1, "{outcome}");
+    assert_eq!(
+        outcome["revisions_created"], 2,
+        "strings.yar and main.yar, not escape.yar: {outcome}"
+    );
+    let main = app.ruleset("main").await;
+    assert_eq!(main["latest"]["revision"], 2, "{main}");
+    assert_eq!(main["latest"]["valid"], true, "{main}");
+    let content: Value = app
+        .get("/api/yara/ruleset/content?name=main", &app.admin_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let text = content["detail"]["content"].as_str().unwrap();
+    assert!(text.contains("alpha-two"), "{text}");
+    assert_eq!(app.ruleset("escape").await["latest"]["revision"], 1);
 }
 
 async fn explicit_import_of_a_manual_repository(backend: Backend) {
