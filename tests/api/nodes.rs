@@ -44,14 +44,7 @@ async fn start_run(server: &ServerProcess) -> (u16, Value) {
 }
 
 async fn repository_rulesets(server: &ServerProcess, id: i64) -> usize {
-    let body: Value = server
-        .request(Method::GET, "/api/yara/v2/rulesets/?type=all")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = server.get_json("/api/yara/v2/rulesets/?type=all").await;
     body["results"]
         .as_array()
         .unwrap()
@@ -188,14 +181,7 @@ async fn two_nodes_on_one_postgres_database_share_one_job() {
     assert_eq!(status, 200);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let next = loop {
-        let runs: Value = survivor
-            .request(Method::GET, "/api/yara/update/runs/")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let runs = survivor.get_json("/api/yara/update/runs/").await;
         let scheduled = runs["results"].as_array().unwrap().iter().find(|r| {
             r["trigger"] == "scheduled" && r["state"] == "succeeded" && r["node"] != record["node"]
         });

@@ -113,6 +113,17 @@ impl ServerProcess {
             .header("Authorization", format!("Token {}", self.token))
     }
 
+    /// `GET path` as the admin, its JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -134,14 +145,9 @@ pub async fn wait_run_state(
 ) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let run: Value = server
-            .request(reqwest::Method::GET, &format!("/api/yara/update/runs/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let run = server
+            .get_json(&format!("/api/yara/update/runs/{id}"))
+            .await;
         if accept(&run) {
             return run;
         }

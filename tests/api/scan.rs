@@ -601,14 +601,7 @@ async fn the_retro_hunt_history_survives_a_restart() {
         .unwrap();
     assert_eq!(res.status(), 200);
     let before = loop {
-        let status: Value = first
-            .request(Method::GET, hunt)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = first.get_json(hunt).await;
         if status["status"]["state"] == "COMPLETED" {
             break status;
         }
@@ -619,14 +612,7 @@ async fn the_retro_hunt_history_survives_a_restart() {
     first.kill();
 
     let second = ServerProcess::start(node_env(data.path(), None, &[]), logs.path(), "b").await;
-    let after: Value = second
-        .request(Method::GET, hunt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after = second.get_json(hunt).await;
     assert_eq!(
         after["status"], before["status"],
         "the same hunt, state and history"
